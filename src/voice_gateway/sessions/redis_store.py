@@ -1,0 +1,389 @@
+"""Redis implementation of ``SessionStore`` (redis-py asyncio; standalone or Cluster).
+
+Key layout: ``keys.py``. Atomic steps: ``scripts.py``. Redis errors become ``StoreUnavailable``
+here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
+
+from voice_gateway.errors import AlreadyCompleted, SessionNotFound, StoreUnavailable
+from voice_gateway.sessions import scripts
+from voice_gateway.sessions.keys import BUCKETS, Keys, bucket_of
+from voice_gateway.sessions.models import (
+    CompletedSession,
+    EndReason,
+    Message,
+    Session,
+    rfc3339,
+)
+from voice_gateway.sessions.store import (
+    COUNTER_FIELDS,
+    CompletedEntry,
+    SessionStore,
+    dump_update,
+    session_from_fields,
+    session_to_fields,
+)
+
+log = logging.getLogger(__name__)
+
+GROUP = "archivers"
+#: How long the completed stream and deadline sets live without writes (they are refreshed by
+#: every write; entries leave the stream once archived).
+INDEX_TTL = 30 * 86400
+
+RedisClient = aioredis.Redis | RedisCluster
+
+
+def _status_check(code: int, session_id: str) -> None:
+    if code == -1:
+        raise SessionNotFound(session_id)
+    if code == 0:
+        raise AlreadyCompleted(session_id)
+
+
+@asynccontextmanager
+async def _guard(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"redis unavailable during {what}: {exc}") from exc
+    except redis_errors.ClusterDownError as exc:
+        raise StoreUnavailable(f"redis cluster down during {what}: {exc}") from exc
+
+
+class RedisSessionStore(SessionStore):
+    shared = True
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "vg:",
+        expiry_grace: int = 300,
+        completed_retention: int = 3600,
+    ) -> None:
+        self._r = client
+        self.keys = Keys(prefix)
+        self._grace = expiry_grace
+        self._retention = completed_retention
+        self._cluster = isinstance(client, RedisCluster)
+        self._open = client.register_script(scripts.OPEN)
+        self._update = client.register_script(scripts.UPDATE)
+        self._increment = client.register_script(scripts.INCREMENT)
+        self._touch = client.register_script(scripts.TOUCH)
+        self._append = client.register_script(scripts.APPEND)
+        self._put_child = client.register_script(scripts.PUT_CHILD)
+        self._complete = client.register_script(scripts.COMPLETE)
+        self._delete = client.register_script(scripts.DELETE)
+        self._ack = client.register_script(scripts.ACK)
+        self._groups_ready: set[str] = set()
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str = "vg:", expiry_grace: int = 300, completed_retention: int = 3600
+    ) -> RedisSessionStore:
+        """``redis://`` or ``rediss://`` for one server; ``redis+cluster://`` for a cluster."""
+        common: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": 5.0,
+            "socket_connect_timeout": 2.0,
+            "health_check_interval": 30,
+        }
+        client: RedisClient
+        if url.startswith("redis+cluster://"):
+            client = RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **common)
+        else:
+            client = aioredis.Redis.from_url(url, **common)
+        return cls(client, prefix=prefix, expiry_grace=expiry_grace, completed_retention=completed_retention)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _ttl(self, session: Session) -> int:
+        return session.expiration_seconds + self._grace
+
+    async def _fields(self, session_id: str) -> dict[str, str]:
+        async with _guard("read"):
+            raw: dict[str, str] = await self._r.hgetall(self.keys.session(session_id))  # type: ignore[misc]
+        return raw
+
+    # -- sessions -----------------------------------------------------------------------
+
+    async def create(self, session: Session, *, call_sid: str | None = None) -> tuple[Session, bool]:
+        fields = session_to_fields(session)
+        fields["_created_ts"] = repr(session.created_at.timestamp())
+        keys = [self.keys.session(session.id), self.keys.deadlines_of(session.id)]
+        if call_sid is not None:
+            if bucket_of(call_sid) != bucket_of(session.id):
+                raise ValueError("a call's session id must be minted in the CallSid's bucket")
+            keys.append(self.keys.call(call_sid))
+        deadline = session.created_at.timestamp() + session.expiration_seconds
+        args: list[Any] = [session.id, self._ttl(session), repr(deadline)]
+        for k, v in fields.items():
+            args += [k, v]
+        async with _guard("create"):
+            code, sid = await self._open(keys=keys, args=args)
+        if int(code) == 1:
+            return session, True
+        if int(code) == -1:
+            raise ValueError(f"session id {session.id} already exists")
+        existing = await self.get(sid)
+        if existing is None:  # index outlived its session: drop it and open afresh
+            async with _guard("create"):
+                await self._r.delete(keys[2])
+            return await self.create(session, call_sid=call_sid)
+        return existing, False
+
+    async def get(self, session_id: str) -> Session | None:
+        raw = await self._fields(session_id)
+        return session_from_fields(raw) if raw else None
+
+    async def get_by_call_sid(self, call_sid: str) -> Session | None:
+        async with _guard("read"):
+            sid = await self._r.get(self.keys.call(call_sid))
+        return await self.get(sid) if sid else None
+
+    async def update(self, session_id: str, fields: Mapping[str, Any], now: datetime) -> Session:
+        encoded = dump_update(fields)
+        args: list[Any] = [json.dumps(rfc3339(now))]
+        for k, v in encoded.items():
+            args += [k, v]
+        async with _guard("update"):
+            code = await self._update(keys=[self.keys.session(session_id)], args=args)
+        _status_check(int(code), session_id)
+        session = await self.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        return session
+
+    async def increment(self, session_id: str, counters: Mapping[str, int], now: datetime) -> None:
+        bad = set(counters) - COUNTER_FIELDS
+        if bad:
+            raise ValueError(f"not counters: {sorted(bad)}")
+        args: list[Any] = []
+        for k, v in counters.items():
+            args += [k, int(v)]
+        async with _guard("increment"):
+            await self._increment(keys=[self.keys.session(session_id)], args=args)
+
+    async def touch(self, session_id: str, now: datetime) -> None:
+        raw = await self._fields(session_id)
+        if not raw:
+            raise SessionNotFound(session_id)
+        expiration = int(json.loads(raw["expiration_seconds"]))
+        keys = [*self.keys.session_keys(session_id), self.keys.deadlines_of(session_id)]
+        args = [
+            session_id,
+            expiration + self._grace,
+            repr(now.timestamp() + expiration),
+            json.dumps(rfc3339(now)),
+        ]
+        async with _guard("touch"):
+            code = await self._touch(keys=keys, args=args)
+        _status_check(int(code), session_id)
+
+    async def append_messages(
+        self, session_id: str, messages: Sequence[Message], now: datetime
+    ) -> int:
+        if not messages:
+            return len(await self.get_messages(session_id, 0, 1_000_000))
+        args = [json.dumps(rfc3339(now)), *(m.model_dump_json() for m in messages)]
+        keys = [self.keys.session(session_id), self.keys.messages(session_id)]
+        async with _guard("append"):
+            code = int(await self._append(keys=keys, args=args))
+        _status_check(code, session_id)
+        return code
+
+    async def get_messages(self, session_id: str, offset: int = 0, limit: int = 100) -> list[Message]:
+        if limit <= 0:
+            return []
+        async with _guard("read"):
+            raw = await self._r.lrange(self.keys.messages(session_id), offset, offset + limit - 1)  # type: ignore[misc]
+        return [Message.model_validate_json(m) for m in raw]
+
+    async def complete(
+        self,
+        session_id: str,
+        end_reason: EndReason,
+        now: datetime,
+        duration: float | None = None,
+    ) -> CompletedSession | None:
+        keys = [
+            *self.keys.session_keys(session_id),
+            self.keys.deadlines_of(session_id),
+            self.keys.completed_of(session_id),
+        ]
+        args = [
+            session_id,
+            json.dumps(end_reason.value),
+            json.dumps(rfc3339(now)),
+            repr(now.timestamp()),
+            "" if duration is None else repr(float(duration)),
+            self._retention,
+            INDEX_TTL,
+        ]
+        async with _guard("complete"):
+            result = await self._complete(keys=keys, args=args)
+        code = int(result[0])
+        if code == -1:
+            raise SessionNotFound(session_id)
+        if code == 0:
+            return None
+        return _record(result[2], result[3])
+
+    async def delete(self, session_id: str) -> bool:
+        keys = [*self.keys.session_keys(session_id), self.keys.deadlines_of(session_id)]
+        async with _guard("delete"):
+            return bool(await self._delete(keys=keys, args=[session_id]))
+
+    async def expired_sessions(self, now: datetime, limit: int = 100) -> list[str]:
+        out: list[str] = []
+        async with _guard("sweep"):
+            for b in range(BUCKETS):
+                ids = await self._r.zrangebyscore(
+                    self.keys.deadlines(b), "-inf", repr(now.timestamp()), start=0, num=limit
+                )
+                out.extend(ids)
+                if len(out) >= limit:
+                    break
+        return out[:limit]
+
+    async def count_active(self) -> int:
+        async with _guard("count"):
+            total = 0
+            for b in range(BUCKETS):
+                total += int(await self._r.zcard(self.keys.deadlines(b)))
+        return total
+
+    # -- documents --------------------------------------------------------------
+
+    async def _put_child_field(self, session_id: str, child: str, field: str, value: str) -> int:
+        async with _guard("write"):
+            code = int(await self._put_child(keys=[self.keys.session(session_id), child], args=[field, value]))
+        _status_check(code, session_id)
+        return code
+
+    async def put_document(self, session_id: str, doc_id: str, document: Mapping[str, Any]) -> None:
+        await self._put_child_field(session_id, self.keys.documents(session_id), doc_id, json.dumps(dict(document)))
+
+    async def get_documents(self, session_id: str) -> list[dict[str, Any]]:
+        async with _guard("read"):
+            raw = await self._r.hgetall(self.keys.documents(session_id))  # type: ignore[misc]
+        docs = [json.loads(v) for v in raw.values()]
+        docs.sort(key=lambda d: (str(d.get("created_at", "")), str(d.get("id", ""))))
+        return docs
+
+    # -- completed queue --------------------------------------------------------------------
+
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups_ready:
+            return
+        try:
+            await self._r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            await self._r.expire(stream, INDEX_TTL, nx=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups_ready.add(stream)
+
+    async def _read_group(self, streams: list[str], consumer: str, count: int, block: int | None) -> Any:
+        try:
+            return await self._r.xreadgroup(GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block)
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            for s in streams:  # a stream expired and came back: recreate its group from 0
+                self._groups_ready.discard(s)
+                await self._ensure_group(s)
+            return await self._r.xreadgroup(GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block)
+
+    async def read_completed(
+        self, consumer: str, count: int = 100, block_ms: int = 1000
+    ) -> list[CompletedEntry]:
+        streams = [self.keys.completed(b) for b in range(BUCKETS)]
+        async with _guard("read completed"):
+            for s in streams:
+                await self._ensure_group(s)
+            if self._cluster:  # no multi-key reads across slots: poll each bucket
+                replies: list[Any] = []
+                for s in streams:
+                    replies.extend(await self._read_group([s], consumer, count, None) or [])
+            else:
+                replies = await self._read_group(streams, consumer, count, block_ms or None) or []
+        return [
+            CompletedEntry(_entry_ref(stream, entry_id), _record(f["session"], f["messages"]))
+            for stream, entries in replies
+            for entry_id, f in entries
+            if f  # an entry deleted while pending reads back with no fields
+        ]
+
+    async def claim_completed(
+        self, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[CompletedEntry]:
+        out: list[CompletedEntry] = []
+        async with _guard("claim completed"):
+            for b in range(BUCKETS):
+                stream = self.keys.completed(b)
+                await self._ensure_group(stream)
+                reply = await self._r.xautoclaim(stream, GROUP, consumer, min_idle_ms, "0-0", count=count)
+                for entry_id, f in reply[1]:
+                    if f:
+                        out.append(CompletedEntry(f"{b}/{entry_id}", _record(f["session"], f["messages"])))
+        return out
+
+    async def ack_completed(self, entry_ids: Sequence[str]) -> None:
+        by_bucket: dict[int, list[str]] = {}
+        for ref in entry_ids:
+            b, _, eid = ref.partition("/")
+            by_bucket.setdefault(int(b), []).append(eid)
+        async with _guard("ack completed"):
+            for b, ids in by_bucket.items():
+                await self._ack(keys=[self.keys.completed(b)], args=ids)
+
+    async def completed_backlog(self) -> tuple[int, int]:
+        waiting = pending = 0
+        async with _guard("backlog"):
+            for b in range(BUCKETS):
+                stream = self.keys.completed(b)
+                waiting += int(await self._r.xlen(stream))
+                try:
+                    info = await self._r.xpending(stream, GROUP)
+                    pending += int(info["pending"])
+                except redis_errors.ResponseError:
+                    pass  # no group yet: nothing pending
+        return waiting, pending
+
+    # -- the store itself -------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async with _guard("ping"):
+            await self._r.ping()
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+
+def _entry_ref(stream: str, entry_id: str) -> str:
+    # stream key ends with "{bN}:completed": keep only the bucket number
+    tag = stream[stream.index("{b") + 2 : stream.index("}")]
+    return f"{tag}/{entry_id}"
+
+
+def _record(session_json: str, messages_json: str) -> CompletedSession:
+    return CompletedSession(
+        session=Session.model_validate_json(session_json),
+        messages=[Message.model_validate(m) for m in json.loads(messages_json)],
+    )
+
+

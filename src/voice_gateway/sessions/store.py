@@ -1,0 +1,205 @@
+"""The live session store: interface, shared field codec, and the factory.
+
+Two implementations pass one contract suite (tests/integration/sessions/test_store_contract.py):
+``RedisSessionStore`` (shared between instances) and ``MemorySessionStore`` (the embedded default
+for one process: not shared, not durable).
+
+Semantics every implementation keeps:
+
+- A session's keys live ``expiration_seconds + expiry_grace`` seconds from open or last touch;
+  the deadline index holds ``last touch + expiration_seconds`` so the sweeper completes an
+  outlived session (``expired``) before its data expires.
+- ``create`` with a ``call_sid`` is idempotent: a second create for the same CallSid returns
+  the first session (``created=False``).
+- ``complete`` is atomic and exactly-once: it flips the status, computes ``duration``, drops the
+  deadline, and appends the final record to the completed queue in one step. A second call
+  returns ``None``. The completed session stays readable for ``completed_retention`` seconds.
+- The completed queue is consumed by archivers in a group: ``read_completed`` delivers each
+  entry to one consumer; an entry stays pending until ``ack_completed``; ``claim_completed``
+  takes over entries another consumer has held longer than ``min_idle_ms`` (a crashed one).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from voice_gateway.sessions.models import (
+    CompletedSession,
+    EndReason,
+    Message,
+    Session,
+)
+
+if TYPE_CHECKING:
+    from voice_gateway.settings import Settings
+
+#: Counter fields that ``increment`` may change.
+COUNTER_FIELDS = frozenset({"turns", "message_count", "interruptions"})
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedEntry:
+    """One delivery from the completed queue; ``entry_id`` is what ``ack_completed`` takes."""
+
+    entry_id: str
+    record: CompletedSession
+    deliveries: int = 1
+
+
+class SessionStore(ABC):
+    """Live state of sessions. Every method may raise ``StoreUnavailable``."""
+
+    #: True when several gateway processes can share this store.
+    shared: bool = False
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    @abstractmethod
+    async def create(self, session: Session, *, call_sid: str | None = None) -> tuple[Session, bool]:
+        """Store a new active session; with ``call_sid``, return the existing one if any."""
+
+    @abstractmethod
+    async def get(self, session_id: str) -> Session | None:
+        """The session (active, or completed and still retained), or None."""
+
+    @abstractmethod
+    async def get_by_call_sid(self, call_sid: str) -> Session | None: ...
+
+    @abstractmethod
+    async def update(self, session_id: str, fields: Mapping[str, Any], now: datetime) -> Session:
+        """Set top-level fields of an active session (raises SessionNotFound / AlreadyCompleted)."""
+
+    @abstractmethod
+    async def increment(self, session_id: str, counters: Mapping[str, int], now: datetime) -> None:
+        """Add to counter fields of an active session (no-op on a completed one)."""
+
+    @abstractmethod
+    async def touch(self, session_id: str, now: datetime) -> None:
+        """Extend the TTL and deadline of an active session (raises like ``update``)."""
+
+    @abstractmethod
+    async def append_messages(
+        self, session_id: str, messages: Sequence[Message], now: datetime
+    ) -> int:
+        """Append history to an active session; returns the new history length."""
+
+    @abstractmethod
+    async def get_messages(self, session_id: str, offset: int = 0, limit: int = 100) -> list[Message]:
+        """History in order; empty when the session is unknown."""
+
+    @abstractmethod
+    async def complete(
+        self,
+        session_id: str,
+        end_reason: EndReason,
+        now: datetime,
+        duration: float | None = None,
+    ) -> CompletedSession | None:
+        """The exactly-once transition; None when already completed (SessionNotFound if unknown)."""
+
+    @abstractmethod
+    async def delete(self, session_id: str) -> bool:
+        """Remove every key of the session (True if it existed)."""
+
+    @abstractmethod
+    async def expired_sessions(self, now: datetime, limit: int = 100) -> list[str]:
+        """Ids of active sessions whose deadline has passed."""
+
+    @abstractmethod
+    async def count_active(self) -> int: ...
+
+    # -- documents (session-scoped; tools are the session's ``tools`` field) ----------------
+
+    @abstractmethod
+    async def put_document(self, session_id: str, doc_id: str, document: Mapping[str, Any]) -> None:
+        ...
+
+    @abstractmethod
+    async def get_documents(self, session_id: str) -> list[dict[str, Any]]: ...
+
+    # -- completed queue ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def read_completed(
+        self, consumer: str, count: int = 100, block_ms: int = 1000
+    ) -> list[CompletedEntry]: ...
+
+    @abstractmethod
+    async def claim_completed(
+        self, consumer: str, min_idle_ms: int, count: int = 100
+    ) -> list[CompletedEntry]: ...
+
+    @abstractmethod
+    async def ack_completed(self, entry_ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    async def completed_backlog(self) -> tuple[int, int]:
+        """(entries waiting in the queue, of which delivered but not acknowledged)."""
+
+    # -- lifecycle of the store itself -------------------------------------------------------
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable if the store cannot be reached."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+# -- field codec shared by the implementations ------------------------------------------------
+
+#: Fields kept in the hash only for the store's own use (never part of the model).
+INTERNAL_PREFIX = "_"
+
+
+def encode_fields(values: Mapping[str, Any]) -> dict[str, str]:
+    """Top-level session fields as JSON strings (one hash field each)."""
+    return {k: json.dumps(v, separators=(",", ":")) for k, v in values.items()}
+
+
+def session_to_fields(session: Session) -> dict[str, str]:
+    return encode_fields(session.model_dump(mode="json"))
+
+
+def session_from_fields(raw: Mapping[str, str]) -> Session:
+    data = {k: json.loads(v) for k, v in raw.items() if not k.startswith(INTERNAL_PREFIX)}
+    return Session.model_validate(data)
+
+
+def dump_update(fields: Mapping[str, Any]) -> dict[str, str]:
+    """Validate a partial update against the model and encode it (ValueError on bad input)."""
+    unknown = set(fields) - set(Session.model_fields)
+    if unknown:
+        raise ValueError(f"unknown session fields: {sorted(unknown)}")
+    # Validate each field by round-tripping through the model's own field validators.
+    probe = Session.model_construct()
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        Session.__pydantic_validator__.validate_assignment(probe, name, value)
+        out[name] = getattr(probe, name)
+    dumped = Session.model_construct(**out).model_dump(mode="json", include=set(out))
+    return encode_fields(dumped)
+
+
+def create_store(settings: Settings, *, prefix: str | None = None) -> SessionStore:
+    """The store the settings ask for: Redis when ``redis_url`` is set, else in-memory."""
+    if settings.redis_url:
+        from voice_gateway.sessions.redis_store import RedisSessionStore
+
+        return RedisSessionStore.from_url(
+            settings.redis_url.get_secret_value(),
+            prefix=prefix if prefix is not None else settings.redis_prefix,
+            expiry_grace=settings.expiry_grace_seconds,
+            completed_retention=settings.completed_retention_seconds,
+        )
+    from voice_gateway.sessions.memory_store import MemorySessionStore
+
+    return MemorySessionStore(
+        expiry_grace=settings.expiry_grace_seconds,
+        completed_retention=settings.completed_retention_seconds,
+    )
