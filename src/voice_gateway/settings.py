@@ -120,6 +120,9 @@ class Settings(BaseSettings):
         SecretStr("sqlite:///./var/archive.db"),
         description="sqlite:///path or postgresql://user@host/db",
     )
+    archive_schema: str | None = Field(
+        None, description="PostgreSQL only: keep the archive tables in this schema"
+    )
     expiration_seconds: int = Field(86400, gt=0, le=30 * 86400)
     expiry_grace_seconds: int = Field(300, ge=10, description="live keys outlive the deadline by this")
     completed_retention_seconds: int = Field(3600, ge=10, description="completed sessions stay live")
@@ -142,6 +145,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, gt=0)
     max_frame_bytes: int = Field(64 * 1024, gt=0)
     max_concurrent_calls: int = Field(1000, gt=0)
+    drain_timeout_seconds: float = Field(
+        30.0, ge=0, description="on SIGTERM, live calls may run this long before they are ended"
+    )
 
     # -- agents and routing -----------------------------------------------------------------
     agents_file: Path | None = None
@@ -156,6 +162,13 @@ class Settings(BaseSettings):
 
     # -- API --------------------------------------------------------------------------------
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    api_keys_file: Path | None = Field(
+        Path("var/api_keys.toml"),
+        description="keys made by `voice-gateway keys create`, read at startup (missing = none)",
+    )
+    api_max_body_bytes: int = Field(
+        1024 * 1024, gt=0, description="largest request body of the REST API (/v1); 413 above"
+    )
 
     # -- logging ----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

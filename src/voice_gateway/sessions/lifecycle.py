@@ -68,6 +68,10 @@ class Lifecycle:
     async def attach_stream(self, session_id: str, stream: StreamInfo) -> Session:
         return await self.update(session_id, stream=stream)
 
+    async def claim_stream(self, session_id: str, stream: StreamInfo) -> bool:
+        """Attach a media stream unless one is live already (False: refuse the second one)."""
+        return await self.store.claim_stream(session_id, stream, self._clock())
+
     async def count(self, session_id: str, **counters: int) -> None:
         await self.store.increment(session_id, counters, self._clock())
 

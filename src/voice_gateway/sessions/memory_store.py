@@ -27,6 +27,7 @@ from voice_gateway.sessions.models import (
     Message,
     Session,
     SessionStatus,
+    StreamInfo,
 )
 from voice_gateway.sessions.store import COUNTER_FIELDS, CompletedEntry, SessionStore, dump_update
 
@@ -124,6 +125,15 @@ class MemorySessionStore(SessionStore):
         entry.session = Session.model_validate(data)
         return entry.session.model_copy(deep=True)
 
+    async def claim_stream(self, session_id: str, stream: StreamInfo, now: datetime) -> bool:
+        entry = self._active(session_id)
+        current = entry.session.stream
+        if current is not None and current.ended_at is None:
+            return False
+        entry.session.stream = stream.model_copy()
+        entry.session.updated_at = now
+        return True
+
     async def increment(self, session_id: str, counters: Mapping[str, int], now: datetime) -> None:
         bad = set(counters) - COUNTER_FIELDS
         if bad:
@@ -194,6 +204,9 @@ class MemorySessionStore(SessionStore):
 
     async def count_active(self) -> int:
         return len(self._deadlines)
+
+    async def active_session_ids(self) -> list[str]:
+        return list(self._deadlines)
 
     # -- documents --------------------------------------------------------------
 

@@ -28,7 +28,7 @@ def utcnow() -> datetime:
 
 
 def rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 #: A timezone-aware datetime, normalised to UTC, serialised as RFC 3339 (``...Z``).
@@ -144,6 +144,10 @@ class Session(BaseModel):
 
     situation: str | None = None
     render_templates: bool = False
+    situation_template: str | None = Field(
+        None,
+        description="with render_templates: the situation as written; `situation` is it rendered",
+    )
     summary: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     context_overflow: ContextOverflow = ContextOverflow.ADAPTIVE

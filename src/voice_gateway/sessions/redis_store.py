@@ -25,6 +25,7 @@ from voice_gateway.sessions.models import (
     EndReason,
     Message,
     Session,
+    StreamInfo,
     rfc3339,
 )
 from voice_gateway.sessions.store import (
@@ -88,6 +89,7 @@ class RedisSessionStore(SessionStore):
         self._complete = client.register_script(scripts.COMPLETE)
         self._delete = client.register_script(scripts.DELETE)
         self._ack = client.register_script(scripts.ACK)
+        self._claim_stream = client.register_script(scripts.CLAIM_STREAM)
         self._groups_ready: set[str] = set()
 
     @classmethod
@@ -166,6 +168,13 @@ class RedisSessionStore(SessionStore):
         if session is None:
             raise SessionNotFound(session_id)
         return session
+
+    async def claim_stream(self, session_id: str, stream: StreamInfo, now: datetime) -> bool:
+        args = [stream.model_dump_json(), json.dumps(rfc3339(now))]
+        async with _guard("claim stream"):
+            code = int(await self._claim_stream(keys=[self.keys.session(session_id)], args=args))
+        _status_check(code, session_id)
+        return code == 1
 
     async def increment(self, session_id: str, counters: Mapping[str, int], now: datetime) -> None:
         bad = set(counters) - COUNTER_FIELDS
@@ -265,6 +274,13 @@ class RedisSessionStore(SessionStore):
             for b in range(BUCKETS):
                 total += int(await self._r.zcard(self.keys.deadlines(b)))
         return total
+
+    async def active_session_ids(self) -> list[str]:
+        out: list[str] = []
+        async with _guard("list"):
+            for b in range(BUCKETS):
+                out.extend(await self._r.zrange(self.keys.deadlines(b), 0, -1))
+        return out
 
     # -- documents --------------------------------------------------------------
 

@@ -152,3 +152,18 @@ local n = redis.call('XACK', KEYS[1], 'archivers', unpack(ARGV))
 redis.call('XDEL', KEYS[1], unpack(ARGV))
 return n
 """
+
+# Attach a media stream unless the session already has a live one (Twilio sometimes opens two).
+# KEYS: session   ARGV: stream_json, updated_at   Returns -1 / 0 / 1 attached / 2 refused.
+CLAIM_STREAM = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if st ~= '"active"' then return 0 end
+local current = redis.call('HGET', KEYS[1], 'stream')
+if current and current ~= 'null' then
+  local ended = cjson.decode(current)['ended_at']
+  if ended == nil or ended == cjson.null then return 2 end
+end
+redis.call('HSET', KEYS[1], 'stream', ARGV[1], 'updated_at', ARGV[2])
+return 1
+"""

@@ -33,6 +33,7 @@ from voice_gateway.sessions.models import (
     EndReason,
     Message,
     Session,
+    StreamInfo,
 )
 
 if TYPE_CHECKING:
@@ -75,6 +76,11 @@ class SessionStore(ABC):
         """Set top-level fields of an active session (raises SessionNotFound / AlreadyCompleted)."""
 
     @abstractmethod
+    async def claim_stream(self, session_id: str, stream: StreamInfo, now: datetime) -> bool:
+        """Attach ``stream`` unless a live (not ended) stream is attached; False if refused.
+        Raises SessionNotFound / AlreadyCompleted like ``update``."""
+
+    @abstractmethod
     async def increment(self, session_id: str, counters: Mapping[str, int], now: datetime) -> None:
         """Add to counter fields of an active session (no-op on a completed one)."""
 
@@ -112,6 +118,10 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def count_active(self) -> int: ...
+
+    @abstractmethod
+    async def active_session_ids(self) -> list[str]:
+        """Ids of every active session (the deadline index); O(active sessions)."""
 
     # -- documents (session-scoped; tools are the session's ``tools`` field) ----------------
 

@@ -1,0 +1,193 @@
+"""The aiohttp application: one factory, one error middleware, a cleanup context per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from voice_gateway import appkeys
+from voice_gateway.archive.archiver import Archiver
+from voice_gateway.archive.db import Archive
+from voice_gateway.errors import GatewayError
+from voice_gateway.metrics import Metrics
+from voice_gateway.sessions.lifecycle import Lifecycle
+from voice_gateway.sessions.store import create_store
+from voice_gateway.sessions.sweeper import run_sweeper
+from voice_gateway.settings import Settings
+from voice_gateway.telephony.calls import CallRegistry
+from voice_gateway.telephony.rest import TwilioRestClient
+from voice_gateway.telephony.stream import silent_bridge
+from voice_gateway.telephony.webhooks import setup_routes as setup_telephony
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_body(exc_type: str, message: str, details: dict[str, object] | None = None) -> dict[str, object]:
+    return {"error": {"type": exc_type, "message": message, "details": details or {}}}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as ``{"error": {"type", "message", "details"}}`` with its status."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.path, exc.message)
+        return web.json_response(error_body(exc.type, exc.message, exc.details), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.empty_body:
+            raise
+        kind = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                413: "payload_too_large"}.get(exc.status, "http_error")
+        return web.json_response(error_body(kind, exc.reason), status=exc.status, headers={
+            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response(error_body("internal_error", "internal server error"), status=500)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    checks: dict[str, str] = {}
+    if app[appkeys.DRAINING].is_set():
+        checks["instance"] = "draining"
+    for name, ping in (("store", app[appkeys.STORE].ping), ("archive", app[appkeys.ARCHIVE].ping)):
+        try:
+            await asyncio.wait_for(ping(), 2.0)
+            checks[name] = "ok"
+        except (GatewayError, TimeoutError) as exc:
+            checks[name] = f"unavailable: {getattr(exc, 'message', 'timeout')}"
+    ready = all(v == "ok" for v in checks.values() if v) and "instance" not in checks
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    metrics = request.app[appkeys.METRICS]
+    try:
+        waiting, pending = await request.app[appkeys.STORE].completed_backlog()
+        metrics.archive_backlog.labels("waiting").set(waiting)
+        metrics.archive_backlog.labels("pending").set(pending)
+    except GatewayError:
+        metrics.store_errors.inc()
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+
+
+def instance_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    store = create_store(settings)
+    await store.ping()
+    app[appkeys.STORE] = store
+    lifecycle = Lifecycle(store)
+    metrics = app[appkeys.METRICS]
+    lifecycle.on_complete(
+        lambda rec: metrics.sessions_completed.labels(
+            rec.session.end_reason.value if rec.session.end_reason else "unknown"
+        ).inc()
+    )
+    app[appkeys.LIFECYCLE] = lifecycle
+    archive = await Archive.open(settings.archive_url.get_secret_value())
+    app[appkeys.ARCHIVE] = archive
+    log.info(
+        "state ready: store=%s",
+        "redis" if store.shared else "memory (embedded; not shared, not durable)",
+    )
+    yield
+    await archive.close()
+    await store.close()
+
+
+async def _telephony_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[appkeys.SETTINGS]
+    registry = CallRegistry(app[appkeys.LIFECYCLE])
+    app[appkeys.CALLS] = registry
+    twilio: TwilioRestClient | None = None
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        twilio = TwilioRestClient(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            base_url=settings.twilio_api_base_url,
+        )
+    app[appkeys.TWILIO] = twilio
+    yield
+    await registry.close()
+    if twilio is not None:
+        await twilio.close()
+
+
+async def _drain(app: web.Application) -> None:
+    """Shutdown (SIGTERM): refuse new calls, let live ones run up to the drain timeout."""
+    app[appkeys.DRAINING].set()
+    calls = app[appkeys.CALLS]
+    if len(calls):
+        log.info("draining %d live calls (up to %.0fs)", len(calls), app[appkeys.SETTINGS].drain_timeout_seconds)
+    await calls.drain(app[appkeys.SETTINGS].drain_timeout_seconds)
+
+
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The archiver, the expiry sweeper and the loop-lag probe run in every instance."""
+    settings = app[appkeys.SETTINGS]
+    stop = app[appkeys.STOPPING]
+    archiver = Archiver(app[appkeys.STORE], app[appkeys.ARCHIVE], consumer=instance_name())
+    tasks = [
+        asyncio.create_task(archiver.run(stop), name="archiver"),
+        asyncio.create_task(
+            run_sweeper(app[appkeys.LIFECYCLE], settings.sweep_interval_seconds, stop), name="sweeper"
+        ),
+        asyncio.create_task(_loop_lag(app[appkeys.METRICS], stop), name="loop-lag"),
+    ]
+    yield
+    stop.set()
+    for task in tasks:
+        try:
+            await asyncio.wait_for(task, 10)
+        except TimeoutError:
+            log.warning("background task %s did not stop in time", task.get_name())
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _loop_lag(metrics: Metrics, stop: asyncio.Event, interval: float = 0.5) -> None:
+    while not stop.is_set():
+        start = time.perf_counter()
+        await asyncio.sleep(interval)
+        metrics.loop_lag.set(max(0.0, time.perf_counter() - start - interval))
+
+
+def create_app(settings: Settings) -> web.Application:
+    # Twilio bodies are small; the API's own limit is enforced per route (413 there).
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.METRICS] = Metrics()
+    app[appkeys.DRAINING] = asyncio.Event()
+    app[appkeys.STOPPING] = asyncio.Event()
+    app[appkeys.BRIDGE_FACTORY] = silent_bridge
+    app.cleanup_ctx.append(_state_ctx)
+    app.cleanup_ctx.append(_telephony_ctx)
+    app.cleanup_ctx.append(_background_ctx)
+    app.on_shutdown.append(_drain)
+    setup_telephony(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app

@@ -1,0 +1,179 @@
+"""``voice-gateway`` command line: serve, config check, export, archiver, keys, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from voice_gateway.errors import ConfigError
+from voice_gateway.settings import Settings, load_settings
+
+log = logging.getLogger("voice_gateway")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML config file (default: $VOICE_GATEWAY_CONFIG, else config/gateway.toml if present)",
+    )
+
+
+def _load(args: argparse.Namespace, **overrides: Any) -> Settings:
+    return load_settings(args.config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from voice_gateway.app import create_app
+    from voice_gateway.logs import setup_logging
+
+    settings = _load(args, host=args.host, port=args.port)
+    setup_logging(settings.log_level, settings.log_format)
+    log.info(
+        "voice-gateway listening on http://%s:%d (public URL %s)",
+        settings.host, settings.port, settings.public_url,
+    )
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=settings.drain_timeout_seconds + 5,
+        handle_signals=True,
+    )
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    source = args.config or "embedded defaults / environment"
+    print(f"{source}: OK")
+    print(f"  public URL: {settings.public_url}")
+    print(f"  listen: {settings.host}:{settings.port}")
+    print(f"  store: {'redis' if settings.redis_url else 'in-memory (embedded)'}")
+    print(f"  archive: {_redact_url(settings.archive_url.get_secret_value())}")
+    print(f"  agents: {', '.join(a.id for a in settings.agents)}")
+    print(f"  numbers: {len(settings.numbers)} routed; fallback agent: {settings.fallback_agent}")
+    if settings.twilio_auth_token is None:
+        print("  warning: no Twilio auth token: every signed webhook will be refused", file=sys.stderr)
+    return 0
+
+
+def _redact_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from voice_gateway.archive.export import run_export
+
+    settings = _load(args)
+    return asyncio.run(run_export(args, settings.archive_url.get_secret_value()))
+
+
+def cmd_archiver(args: argparse.Namespace) -> int:
+    """Run only the archiver (for deployments that separate it from the web instances)."""
+    from voice_gateway.app import instance_name
+    from voice_gateway.archive.archiver import Archiver
+    from voice_gateway.archive.db import Archive
+    from voice_gateway.logs import setup_logging
+    from voice_gateway.sessions.store import create_store
+
+    settings = _load(args)
+    setup_logging(settings.log_level, settings.log_format)
+    if not settings.redis_url:
+        raise ConfigError("the archiver alone needs a shared store: set VOICE_GATEWAY_REDIS_URL")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        store = create_store(settings)
+        archive = await Archive.open(settings.archive_url.get_secret_value())
+        try:
+            await Archiver(store, archive, consumer=f"archiver-{instance_name()}").run(stop)
+        finally:
+            await archive.close()
+            await store.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voice-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    _config_arg(serve)
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config and print what is wrong")
+    _config_arg(check)
+    check.set_defaults(func=cmd_config_check)
+
+    export = sub.add_parser("export", help="write archived sessions as CSV, JSON Lines or Parquet")
+    _config_arg(export)
+    from voice_gateway.archive.export import add_export_arguments
+
+    add_export_arguments(export)
+    export.set_defaults(func=cmd_export)
+
+    archiver = sub.add_parser("archiver", help="run only the archiver (Redis store required)")
+    _config_arg(archiver)
+    archiver.set_defaults(func=cmd_archiver)
+
+    for register in _extensions():
+        register(sub, _config_arg)
+    return parser
+
+
+def _extensions() -> list[Any]:
+    """Subcommands that live with their feature (simulate, keys)."""
+    out: list[Any] = []
+    for module, attr in (("voice_gateway.sim.cli", "register"), ("voice_gateway.api.keys", "register")):
+        try:
+            mod = __import__(module, fromlist=[attr])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        out.append(getattr(mod, attr))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigError as exc:
+        print(f"config error:\n{exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The Media Streams websocket: one ``MediaStream`` per call.
+
+It owns the socket and its tasks; parsing is the pure codec's (``media.py``), pacing and the
+playback clock are ``playback.py``'s, and the audio goes to a ``CallBridge``. Nothing on the
+per-frame path awaits Redis: the session is written when the stream starts and ends.
+
+Refusals (each logged with the CallSid when known; the session is never touched):
+bad handshake signature -> close 1008; no ``start`` in time -> 4408; bad or missing stream
+token -> 4401; unknown or completed session -> 4404; a second live stream for the call -> 4409;
+malformed frame -> 1002; binary frame -> 1003; frame over ``max_frame_bytes`` -> 1009.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import WSMsgType, web
+
+from voice_gateway import appkeys
+from voice_gateway.errors import (
+    AlreadyCompleted,
+    CallAlreadyEnded,
+    Forbidden,
+    GatewayError,
+    PayloadTooLarge,
+    ProtocolError,
+    SessionNotFound,
+    TwilioRestError,
+)
+from voice_gateway.logs import bind
+from voice_gateway.sessions.models import EndReason, Session, StreamInfo, utcnow
+from voice_gateway.telephony import media as codec
+from voice_gateway.telephony.bridge import CallBridge, CallInfo, SilentBridge
+from voice_gateway.telephony.playback import FRAME_MS, Playback
+from voice_gateway.telephony.rest import TwilioRestClient
+from voice_gateway.telephony.signature import SignatureValidator, stream_url
+from voice_gateway.telephony.tokens import verify_stream_token
+from voice_gateway.telephony.twiml import dial
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0
+METRICS_EVERY_FRAMES = 50  # flush frame counters to Prometheus once a second of audio
+
+def silent_bridge(app: web.Application, session: Session) -> CallBridge:
+    return SilentBridge()
+
+
+def handshake_ok(request: web.Request) -> bool:
+    settings = request.app[appkeys.SETTINGS]
+    if not settings.validate_signatures:
+        return True
+    if settings.twilio_auth_token is None:
+        return False
+    signature = request.headers.get("X-Twilio-Signature")
+    url = stream_url(settings.public_url, request.rel_url.raw_path)
+    validator = SignatureValidator(settings.twilio_auth_token.get_secret_value())
+    # Twilio signs the wss URL of the <Stream>; a proxy may have rewritten ws -> http.
+    return validator.validate(url, {}, signature)
+
+
+async def media_stream_handler(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[appkeys.SETTINGS]
+    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes, autoping=True)
+    signed = handshake_ok(request)
+    await ws.prepare(request)
+    if not signed:
+        log.warning("media stream refused: bad X-Twilio-Signature on the handshake from %s", request.remote)
+        app[appkeys.METRICS].stream_errors.labels("signature").inc()
+        await ws.close(code=codec.CLOSE_POLICY_VIOLATION, message=b"invalid signature")
+        return ws
+    await MediaStream(app, ws).run()
+    return ws
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class MediaStream:
+    """One call's media stream; also the ``CallControl`` its bridge speaks through."""
+
+    def __init__(self, app: web.Application, ws: web.WebSocketResponse) -> None:
+        self.app = app
+        self.ws = ws
+        self.settings = app[appkeys.SETTINGS]
+        self.lifecycle = app[appkeys.LIFECYCLE]
+        self.metrics = app[appkeys.METRICS]
+        self.registry = app[appkeys.CALLS]
+        self.playback = Playback()
+        self.bridge: CallBridge = SilentBridge()
+        self.session: Session | None = None
+        self.call_sid = ""
+        self.stream_sid = ""
+        self.encoder: codec.OutboundEncoder | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.sequence_gaps = 0
+        self._last_seq = 0
+        self._clock_ms = 0
+        self._unflushed_in = 0
+        self._wake = asyncio.Event()
+        self._clear_pending = False
+        self._sender: asyncio.Task[None] | None = None
+        self._ended_by: EndReason | None = None
+        self.started_at = utcnow()
+
+    # -- CallControl ------------------------------------------------------------------------
+
+    def play(self, ulaw: bytes, *, label: str | None = None) -> None:
+        self.playback.enqueue(ulaw)
+        if label is not None:
+            self.playback.end_of_answer(label)
+        self._wake.set()
+
+    def end_of_answer(self, label: str) -> None:
+        self.playback.end_of_answer(label)
+        self._wake.set()
+
+    def clear(self) -> int:
+        queued = self.playback.queued_ms
+        _, unsent = self.playback.clear(time.monotonic())
+        self._clear_pending = True
+        self._wake.set()
+        for label in unsent:
+            self.bridge.on_played(label)
+        return queued
+
+    @property
+    def played_ms(self) -> int:
+        return self.playback.played_ms
+
+    @property
+    def queued_ms(self) -> int:
+        return self.playback.queued_ms
+
+    @property
+    def clock_ms(self) -> int:
+        return self._clock_ms
+
+    def _twilio(self) -> TwilioRestClient:
+        twilio = self.app[appkeys.TWILIO]
+        if twilio is None:
+            raise TwilioRestError("Twilio REST is not configured (account SID and auth token)")
+        return twilio
+
+    async def hang_up(self, end_reason: EndReason = EndReason.HANGUP_BY_AGENT) -> None:
+        twilio = self._twilio()
+        try:
+            await twilio.hang_up(self.call_sid)
+        except CallAlreadyEnded:
+            log.info("hang-up: call already ended call_sid=%s", self.call_sid)
+        self._ended_by = end_reason
+        if self.session is not None:
+            await self.lifecycle.complete_if_active(self.session.id, end_reason)
+        await self.ws.close(code=codec.CLOSE_NORMAL, message=b"hang-up")
+
+    async def transfer(self, target: str) -> None:
+        twilio = self._twilio()
+        await twilio.redirect(self.call_sid, dial(target))
+        self._ended_by = EndReason.TRANSFERRED
+        if self.session is not None:
+            await self.lifecycle.complete_if_active(self.session.id, EndReason.TRANSFERRED)
+
+    # -- the stream -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            start = await asyncio.wait_for(self._await_start(), START_TIMEOUT)
+            if start is None:
+                return
+            await self._accept(start)
+        except TimeoutError:
+            await self._refuse(_Refused(codec.CLOSE_START_TIMEOUT, "no start event in time"))
+            return
+        except _Refused as refusal:
+            await self._refuse(refusal)
+            return
+        except ProtocolError as exc:
+            await self._refuse(_Refused(codec.CLOSE_PROTOCOL_ERROR, f"malformed frame: {exc.message}"))
+            return
+        reason = "socket closed"
+        try:
+            reason = await self._pump()
+        finally:
+            await self._finish(reason)
+
+    async def _await_start(self) -> codec.Start | None:
+        async for msg in self.ws:
+            if msg.type is not WSMsgType.TEXT:
+                if msg.type is WSMsgType.BINARY:
+                    raise _Refused(codec.CLOSE_UNSUPPORTED_DATA, "binary frame")
+                return None
+            event = codec.parse_inbound(msg.data, max_bytes=self.settings.max_frame_bytes)
+            if isinstance(event, codec.Start):
+                return event
+            if isinstance(event, codec.Connected | codec.Unknown):
+                continue
+            raise _Refused(codec.CLOSE_PROTOCOL_ERROR, f"{type(event).__name__} before start")
+        return None
+
+    async def _accept(self, start: codec.Start) -> None:
+        self.call_sid = start.call_sid
+        self.stream_sid = start.stream_sid
+        self._last_seq = start.sequence_number
+        bind(call_sid=start.call_sid, stream_sid=start.stream_sid)
+        session_id = start.custom_parameters.get("session_id", "")
+        token = start.custom_parameters.get("token", "")
+        try:
+            verify_stream_token(self.settings.stream_secret(), token, session_id, start.call_sid)
+        except Forbidden as exc:
+            raise _Refused(codec.CLOSE_BAD_STREAM_TOKEN, f"stream token refused: {exc.message}") from exc
+        bind(session_id=session_id)
+        session = await self.lifecycle.store.get(session_id)
+        if session is None or not session.is_active:
+            raise _Refused(codec.CLOSE_UNKNOWN_SESSION, "unknown or completed session")
+        info = StreamInfo(
+            stream_sid=start.stream_sid,
+            started_at=utcnow(),
+            encoding=start.media_format.encoding,
+            sample_rate=start.media_format.sample_rate,
+            channels=start.media_format.channels,
+        )
+        if not self.registry.claim(session_id, self) or not await self.lifecycle.claim_stream(session_id, info):
+            self.registry.release(session_id, self)
+            raise _Refused(codec.CLOSE_DUPLICATE_STREAM, "the call already has a live stream")
+        self.session = session.model_copy(update={"stream": info})
+        self.encoder = codec.OutboundEncoder(start.stream_sid)
+        self.metrics.calls_active.inc()
+        log.info("media stream started call_sid=%s stream_sid=%s", start.call_sid, start.stream_sid)
+        self.bridge = self.app[appkeys.BRIDGE_FACTORY](self.app, self.session)
+        self._sender = asyncio.create_task(self._send_loop(), name=f"sender-{start.call_sid}")
+        await self.bridge.start(
+            CallInfo(self.session, start.call_sid, start.stream_sid, start.account_sid), self
+        )
+
+    async def _refuse(self, refusal: _Refused) -> None:
+        log.warning(
+            "media stream refused (%d): %s call_sid=%s", refusal.code, refusal.reason, self.call_sid or "-"
+        )
+        self.metrics.stream_errors.labels(str(refusal.code)).inc()
+        await self.ws.close(code=refusal.code, message=refusal.reason.encode()[:120])
+
+    async def _pump(self) -> str:
+        """Read frames until the stream ends; returns why it ended."""
+        ws = self.ws
+        max_bytes = self.settings.max_frame_bytes
+        parse = codec.parse_inbound
+        media_type = codec.Media
+        bridge_audio = self.bridge.on_audio
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                if msg.type is WSMsgType.BINARY:
+                    await self._close_with(codec.CLOSE_UNSUPPORTED_DATA, "binary frame")
+                    return "binary frame"
+                break
+            try:
+                event = parse(msg.data, max_bytes=max_bytes)
+            except (ProtocolError, PayloadTooLarge) as exc:
+                code = codec.CLOSE_MESSAGE_TOO_BIG if isinstance(exc, PayloadTooLarge) else codec.CLOSE_PROTOCOL_ERROR
+                log.warning("malformed media-stream frame, closing: %s call_sid=%s", exc.message, self.call_sid)
+                await self._close_with(code, "malformed frame")
+                return "protocol error"
+            if type(event) is media_type:
+                seq = event.sequence_number
+                if seq != self._last_seq + 1 and seq > self._last_seq:
+                    self.sequence_gaps += seq - self._last_seq - 1
+                self._last_seq = seq
+                self.frames_in += 1
+                self._clock_ms += len(event.payload) * FRAME_MS // 160
+                self._unflushed_in += 1
+                if self._unflushed_in >= METRICS_EVERY_FRAMES:
+                    self.metrics.frames_in.inc(self._unflushed_in)
+                    self._unflushed_in = 0
+                bridge_audio(event.payload)
+            elif isinstance(event, codec.Mark):
+                self._last_seq = max(self._last_seq, event.sequence_number)
+                for label in self.playback.on_mark(event.name, time.monotonic()):
+                    self.bridge.on_played(label)
+                self._wake.set()
+            elif isinstance(event, codec.Dtmf):
+                self._last_seq = max(self._last_seq, event.sequence_number)
+                self.bridge.on_dtmf(event.digit)
+            elif isinstance(event, codec.Stop):
+                return "stop"
+            elif isinstance(event, codec.Unknown):
+                log.info("unknown media-stream event %r skipped call_sid=%s", event.event, self.call_sid)
+        if ws.close_code == codec.CLOSE_MESSAGE_TOO_BIG:
+            log.warning("media-stream frame over %d bytes refused call_sid=%s", max_bytes, self.call_sid)
+            self.metrics.stream_errors.labels(str(codec.CLOSE_MESSAGE_TOO_BIG)).inc()
+            return "frame too big"
+        return "socket closed"
+
+    async def _close_with(self, code: int, reason: str) -> None:
+        self.metrics.stream_errors.labels(str(code)).inc()
+        await self.ws.close(code=code, message=reason.encode())
+
+    async def _send_loop(self) -> None:
+        ws = self.ws
+        assert self.encoder is not None
+        enc = self.encoder
+        while not ws.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._clear_pending:
+                self._clear_pending = False
+                await ws.send_str(enc.clear())
+            sent = 0
+            for kind, item in self.playback.take(time.monotonic()):
+                if kind == "media":
+                    await ws.send_str(enc.media(item))  # type: ignore[arg-type]
+                    sent += 1
+                else:
+                    await ws.send_str(enc.mark(item))  # type: ignore[arg-type]
+            if sent:
+                self.frames_out += sent
+                self.metrics.frames_out.inc(sent)
+
+    async def _finish(self, reason: str) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                await self._sender
+        if self._unflushed_in:
+            self.metrics.frames_in.inc(self._unflushed_in)
+        for label in self.playback.drop_unsent_labels():
+            self.bridge.on_played(label)
+        try:
+            await self.bridge.stop(reason)
+        except Exception:
+            log.exception("bridge stop failed call_sid=%s", self.call_sid)
+        if self.session is None:
+            return
+        self.metrics.calls_active.dec()
+        self.registry.release(self.session.id, self)
+        log.info(
+            "media stream ended (%s) call_sid=%s frames_in=%d frames_out=%d gaps=%d",
+            reason, self.call_sid, self.frames_in, self.frames_out, self.sequence_gaps,
+        )
+        assert self.session.stream is not None
+        final = self.session.stream.model_copy(
+            update={
+                "ended_at": utcnow(),
+                "frames_in": self.frames_in,
+                "frames_out": self.frames_out,
+                "sequence_gaps": self.sequence_gaps,
+            }
+        )
+        with contextlib.suppress(AlreadyCompleted, SessionNotFound):
+            try:
+                await self.lifecycle.attach_stream(self.session.id, final)
+            except GatewayError as exc:
+                log.warning("could not record stream end: %s call_sid=%s", exc.message, self.call_sid)
+        if self._ended_by is None:
+            # The call completes on its status callback; if none comes in time, from here.
+            self.registry.complete_later(
+                self.session.id, self.settings.status_grace_seconds, self.call_sid
+            )
+        if not self.ws.closed:
+            await self.ws.close(code=codec.CLOSE_NORMAL)
+
+    async def shutdown(self) -> None:
+        """Drain: end this call cleanly (the session completes; the socket says going-away)."""
+        self._ended_by = EndReason.ERROR
+        if self.session is not None:
+            await self.lifecycle.complete_if_active(self.session.id, EndReason.ERROR)
+        await self.ws.close(code=codec.CLOSE_GOING_AWAY, message=b"gateway shutting down")
