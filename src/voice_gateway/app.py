@@ -13,17 +13,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from voice_gateway import appkeys
+from voice_gateway.api import setup_api
+from voice_gateway.agents.bridge import AgentBridge
+from voice_gateway.agents.registry import build_agents
 from voice_gateway.archive.archiver import Archiver
 from voice_gateway.archive.db import Archive
 from voice_gateway.errors import GatewayError
 from voice_gateway.metrics import Metrics
 from voice_gateway.sessions.lifecycle import Lifecycle
+from voice_gateway.sessions.models import Session
 from voice_gateway.sessions.store import create_store
 from voice_gateway.sessions.sweeper import run_sweeper
 from voice_gateway.settings import Settings
+from voice_gateway.telephony.bridge import CallBridge, SilentBridge
 from voice_gateway.telephony.calls import CallRegistry
 from voice_gateway.telephony.rest import TwilioRestClient
-from voice_gateway.telephony.stream import silent_bridge
 from voice_gateway.telephony.webhooks import setup_routes as setup_telephony
 
 log = logging.getLogger(__name__)
@@ -31,7 +35,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_body(exc_type: str, message: str, details: dict[str, object] | None = None) -> dict[str, object]:
+def error_body(
+    exc_type: str, message: str, details: dict[str, object] | None = None
+) -> dict[str, object]:
     return {"error": {"type": exc_type, "message": message, "details": details or {}}}
 
 
@@ -47,10 +53,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400 or exc.empty_body:
             raise
-        kind = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-                413: "payload_too_large"}.get(exc.status, "http_error")
-        return web.json_response(error_body(kind, exc.reason), status=exc.status, headers={
-            k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+        kind = {
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }.get(exc.status, "http_error")
+        return web.json_response(
+            error_body(kind, exc.reason),
+            status=exc.status,
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -105,7 +119,9 @@ async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
         ).inc()
     )
     app[appkeys.LIFECYCLE] = lifecycle
-    archive = await Archive.open(settings.archive_url.get_secret_value())
+    archive = await Archive.open(
+        settings.archive_url.get_secret_value(), schema=settings.archive_schema
+    )
     app[appkeys.ARCHIVE] = archive
     log.info(
         "state ready: store=%s",
@@ -116,8 +132,28 @@ async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
+def agent_bridge(app: web.Application, session: Session) -> CallBridge:
+    """The bridge for a call: the session's agent with its turn settings."""
+    settings = app[appkeys.SETTINGS]
+    agent = settings.agent(session.agent_id)
+    if agent is None:  # the catalogue changed since the call was opened
+        log.error("no agent %r for session %s: the call stays silent", session.agent_id, session.id)
+        return SilentBridge()
+    return AgentBridge(
+        session,
+        agent,
+        app[appkeys.AGENTS],
+        {a.id: a for a in settings.agents},
+        app[appkeys.LIFECYCLE],
+        app[appkeys.METRICS],
+        settings.turn_config(agent),
+        max_history=settings.max_history_messages,
+    )
+
+
 async def _telephony_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
+    app[appkeys.AGENTS] = build_agents(settings.agents)
     registry = CallRegistry(app[appkeys.LIFECYCLE])
     app[appkeys.CALLS] = registry
     twilio: TwilioRestClient | None = None
@@ -139,7 +175,11 @@ async def _drain(app: web.Application) -> None:
     app[appkeys.DRAINING].set()
     calls = app[appkeys.CALLS]
     if len(calls):
-        log.info("draining %d live calls (up to %.0fs)", len(calls), app[appkeys.SETTINGS].drain_timeout_seconds)
+        log.info(
+            "draining %d live calls (up to %.0fs)",
+            len(calls),
+            app[appkeys.SETTINGS].drain_timeout_seconds,
+        )
     await calls.drain(app[appkeys.SETTINGS].drain_timeout_seconds)
 
 
@@ -151,7 +191,8 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(archiver.run(stop), name="archiver"),
         asyncio.create_task(
-            run_sweeper(app[appkeys.LIFECYCLE], settings.sweep_interval_seconds, stop), name="sweeper"
+            run_sweeper(app[appkeys.LIFECYCLE], settings.sweep_interval_seconds, stop),
+            name="sweeper",
         ),
         asyncio.create_task(_loop_lag(app[appkeys.METRICS], stop), name="loop-lag"),
     ]
@@ -175,13 +216,17 @@ async def _loop_lag(metrics: Metrics, stop: asyncio.Event, interval: float = 0.5
 
 
 def create_app(settings: Settings) -> web.Application:
-    # Twilio bodies are small; the API's own limit is enforced per route (413 there).
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    # The largest body any route takes; each route's own limit (Twilio webhooks:
+    # max_body_bytes, /v1: api_max_body_bytes) is enforced by the API's body-limit middleware.
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=max(settings.max_body_bytes, settings.api_max_body_bytes),
+    )
     app[appkeys.SETTINGS] = settings
     app[appkeys.METRICS] = Metrics()
     app[appkeys.DRAINING] = asyncio.Event()
     app[appkeys.STOPPING] = asyncio.Event()
-    app[appkeys.BRIDGE_FACTORY] = silent_bridge
+    app[appkeys.BRIDGE_FACTORY] = agent_bridge
     app.cleanup_ctx.append(_state_ctx)
     app.cleanup_ctx.append(_telephony_ctx)
     app.cleanup_ctx.append(_background_ctx)
@@ -190,4 +235,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    setup_api(app)
     return app

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from voice_gateway.agents.base import Agent
 from voice_gateway.archive.db import Archive
 from voice_gateway.metrics import Metrics
 from voice_gateway.sessions.lifecycle import Lifecycle
@@ -29,6 +30,8 @@ METRICS = web.AppKey("metrics", Metrics)
 TWILIO: web.AppKey[TwilioRestClient | None] = web.AppKey("twilio")
 CALLS = web.AppKey("calls", CallRegistry)
 BRIDGE_FACTORY: web.AppKey[BridgeFactory] = web.AppKey("bridge_factory")
+#: The agent catalogue, built once at startup: agent id -> Agent.
+AGENTS: web.AppKey[dict[str, Agent]] = web.AppKey("agents")
 #: Set when the instance drains (SIGTERM): readiness goes false, new calls are refused.
 DRAINING = web.AppKey("draining", asyncio.Event)
 #: Set on shutdown: background loops stop.

@@ -22,7 +22,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="TOML config file (default: $VOICE_GATEWAY_CONFIG, else config/gateway.toml if present)",
+        help="TOML config file (default: $VOICE_GATEWAY_CONFIG, else config/gateway.toml)",
     )
 
 
@@ -40,7 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format)
     log.info(
         "voice-gateway listening on http://%s:%d (public URL %s)",
-        settings.host, settings.port, settings.public_url,
+        settings.host,
+        settings.port,
+        settings.public_url,
     )
     web.run_app(
         create_app(settings),
@@ -65,7 +67,9 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"  agents: {', '.join(a.id for a in settings.agents)}")
     print(f"  numbers: {len(settings.numbers)} routed; fallback agent: {settings.fallback_agent}")
     if settings.twilio_auth_token is None:
-        print("  warning: no Twilio auth token: every signed webhook will be refused", file=sys.stderr)
+        print(
+            "  warning: no Twilio auth token: every signed webhook will be refused", file=sys.stderr
+        )
     return 0
 
 
@@ -151,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list[Any]:
     """Subcommands that live with their feature (simulate, keys)."""
     out: list[Any] = []
-    for module, attr in (("voice_gateway.sim.cli", "register"), ("voice_gateway.api.keys", "register")):
+    for module, attr in (
+        ("voice_gateway.sim.cli", "register"),
+        ("voice_gateway.api.keys", "register"),
+    ):
         try:
             mod = __import__(module, fromlist=[attr])
         except ModuleNotFoundError as exc:

@@ -7,7 +7,7 @@ that boundary catches only these. The HTTP error middleware maps them to statuse
 ::
 
     GatewayError                         base; never raised itself
-    ├── ConfigError                      bad settings file / env / agent catalogue (startup, `config check`)
+    ├── ConfigError                      bad settings file, env or agent catalogue (`config check`)
     ├── ValidationFailed                 a request or field is invalid                 -> 422
     ├── NotFound                         unknown session, CallSid, tool, document     -> 404
     │   └── SessionNotFound
@@ -16,7 +16,7 @@ that boundary catches only these. The HTTP error middleware maps them to statuse
     ├── AuthError                        missing or invalid API key                    -> 401
     ├── Forbidden                        forged Twilio signature, bad stream token     -> 403
     ├── PayloadTooLarge                  body or frame over the configured limit       -> 413
-    ├── ProtocolError                    malformed Twilio / agent wire message          (ws close 1002/4400)
+    ├── ProtocolError                    malformed Twilio wire message      -> 400 / ws close 1002
     ├── UnavailableError                 a dependency is unreachable                   -> 503
     │   ├── StoreUnavailable             Redis down / timed out
     │   └── ArchiveUnavailable           SQLite / PostgreSQL down

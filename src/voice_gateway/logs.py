@@ -15,7 +15,10 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("vg_log_context", default={})  # noqa: B039
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "vg_log_context",
+    default={},  # noqa: B039 - never mutated: every change sets a new dict
+)
 
 # E.164 numbers (+ and 8-15 digits) and bare runs of 10+ digits: keep the last 4 digits.
 _PHONE = re.compile(r"(?<![\w+-])\+?\d{6,11}(\d{4})(?!\d)")
@@ -23,7 +26,14 @@ _PHONE = re.compile(r"(?<![\w+-])\+?\d{6,11}(\d{4})(?!\d)")
 
 def mask_phone(text: str) -> str:
     """Mask phone numbers in ``text``: ``+14155550100`` -> ``+*******0100``."""
-    return _PHONE.sub(lambda m: ("+" if m.group(0).startswith("+") else "") + "*" * (len(m.group(0).lstrip("+")) - 4) + m.group(1), text)
+    return _PHONE.sub(
+        lambda m: (
+            ("+" if m.group(0).startswith("+") else "")
+            + "*" * (len(m.group(0).lstrip("+")) - 4)
+            + m.group(1)
+        ),
+        text,
+    )
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from voice_gateway.audio.endpointer import EndpointerConfig
 from voice_gateway.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
@@ -47,7 +48,8 @@ class AgentConfig(BaseModel):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     name: str = ""
     type: Literal["echo", "websocket", "python"] = Field(
-        "echo", description="echo (built in), websocket (remote service at `url`), python (`plugin`)"
+        "echo",
+        description="echo (built in), websocket (remote service at `url`), python (`plugin`)",
     )
     org_id: str = "default"
     timezone: str = "UTC"
@@ -55,14 +57,22 @@ class AgentConfig(BaseModel):
     prompt_name: str | None = None
     prompt_version: str | None = None
     legacy: bool = False
-    url: str | None = Field(None, description="websocket agents: ws:// or wss:// URL of the service")
+    url: str | None = Field(
+        None, description="websocket agents: ws:// or wss:// URL of the service"
+    )
     plugin: str | None = Field(None, description="python agents: `package.module:ClassName`")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the agent")
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(15.0, gt=0)
-    fallback: str | None = Field(None, description="agent id to switch to if this one fails mid-call")
+    fallback: str | None = Field(
+        None, description="agent id to switch to if this one fails mid-call"
+    )
     transfer_to: str | None = Field(None, description="default <Dial> target for transfers")
-    greeting: str | None = None
+    dtmf_gather: bool = Field(False, description="gather keypad digits until # or the timeout")
+    dtmf_timeout_seconds: float = Field(3.0, gt=0)
+    turn: dict[str, Any] = Field(
+        default_factory=dict, description="turn-detection overrides for this agent (see [turn])"
+    )
 
     @model_validator(mode="after")
     def _reachable(self) -> AgentConfig:
@@ -124,8 +134,12 @@ class Settings(BaseSettings):
         None, description="PostgreSQL only: keep the archive tables in this schema"
     )
     expiration_seconds: int = Field(86400, gt=0, le=30 * 86400)
-    expiry_grace_seconds: int = Field(300, ge=10, description="live keys outlive the deadline by this")
-    completed_retention_seconds: int = Field(3600, ge=10, description="completed sessions stay live")
+    expiry_grace_seconds: int = Field(
+        300, ge=10, description="live keys outlive the deadline by this"
+    )
+    completed_retention_seconds: int = Field(
+        3600, ge=10, description="completed sessions stay live"
+    )
     sweep_interval_seconds: float = Field(5.0, gt=0)
 
     # -- twilio -----------------------------------------------------------------------------
@@ -159,6 +173,11 @@ class Settings(BaseSettings):
         "echo", description="agent for numbers with no route; unset = polite hang-up"
     )
     default_org: str = "default"
+    turn: EndpointerConfig = Field(
+        default_factory=lambda: EndpointerConfig(barge_in_ms=80),
+        description="turn detection: VAD, start threshold, end-of-turn silence, barge-in",
+    )
+    max_history_messages: int = Field(50, gt=0, description="history handed to an agent at open")
 
     # -- API --------------------------------------------------------------------------------
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
@@ -206,10 +225,18 @@ class Settings(BaseSettings):
             if route.agent not in known:
                 raise ValueError(f"number {route.number} routes to unknown agent {route.agent!r}")
         for agent in self.agents:
+            try:
+                self.turn_config(agent)
+            except ValidationError as exc:
+                raise ValueError(f"agent {agent.id!r} has invalid turn settings: {exc}") from exc
             if agent.fallback is not None and agent.fallback not in known:
-                raise ValueError(f"agent {agent.id!r} falls back to unknown agent {agent.fallback!r}")
+                raise ValueError(
+                    f"agent {agent.id!r} falls back to unknown agent {agent.fallback!r}"
+                )
         if self.fallback_agent is not None and self.fallback_agent not in known:
-            raise ValueError(f"fallback_agent {self.fallback_agent!r} is not in the agent catalogue")
+            raise ValueError(
+                f"fallback_agent {self.fallback_agent!r} is not in the agent catalogue"
+            )
         numbers = [r.number for r in self.numbers]
         if len(numbers) != len(set(numbers)):
             raise ValueError("a number is routed twice")
@@ -234,6 +261,12 @@ class Settings(BaseSettings):
 
     def agent(self, agent_id: str) -> AgentConfig | None:
         return next((a for a in self.agents if a.id == agent_id), None)
+
+    def turn_config(self, agent: AgentConfig) -> EndpointerConfig:
+        """The gateway's turn settings with the agent's overrides applied."""
+        if not agent.turn:
+            return self.turn
+        return EndpointerConfig.model_validate({**self.turn.model_dump(), **agent.turn})
 
     def route(self, number: str) -> NumberRoute | None:
         return next((r for r in self.numbers if r.number == number), None)

@@ -46,7 +46,10 @@ class Lifecycle:
         if created:
             log.info(
                 "session opened session_id=%s agent=%s channel=%s call_sid=%s",
-                session.id, session.agent_id, session.channel.service, call_sid or "-",
+                session.id,
+                session.agent_id,
+                session.channel.service,
+                call_sid or "-",
             )
         return session, created
 
@@ -121,7 +124,10 @@ class Lifecycle:
         s = record.session
         log.info(
             "session completed session_id=%s end_reason=%s duration=%.3f call_sid=%s",
-            s.id, end_reason.value, s.duration or 0.0, s.channel.sid or "-",
+            s.id,
+            end_reason.value,
+            s.duration or 0.0,
+            s.channel.sid or "-",
         )
         for listener in self._listeners:
             try:

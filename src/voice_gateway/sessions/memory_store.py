@@ -88,7 +88,9 @@ class MemorySessionStore(SessionStore):
 
     # -- sessions -----------------------------------------------------------------------
 
-    async def create(self, session: Session, *, call_sid: str | None = None) -> tuple[Session, bool]:
+    async def create(
+        self, session: Session, *, call_sid: str | None = None
+    ) -> tuple[Session, bool]:
         if call_sid is not None:
             existing_id = self._calls.get(call_sid)
             existing = self._entry(existing_id) if existing_id else None
@@ -160,7 +162,9 @@ class MemorySessionStore(SessionStore):
         entry.session.updated_at = now
         return len(entry.messages)
 
-    async def get_messages(self, session_id: str, offset: int = 0, limit: int = 100) -> list[Message]:
+    async def get_messages(
+        self, session_id: str, offset: int = 0, limit: int = 100
+    ) -> list[Message]:
         entry = self._entry(session_id)
         if entry is None or limit <= 0:
             return []

@@ -75,7 +75,8 @@ class RedisSessionStore(SessionStore):
         expiry_grace: int = 300,
         completed_retention: int = 3600,
     ) -> None:
-        self._r = client
+        # redis-py's annotations do not follow decode_responses; values here are str.
+        self._r: Any = client
         self.keys = Keys(prefix)
         self._grace = expiry_grace
         self._retention = completed_retention
@@ -94,7 +95,12 @@ class RedisSessionStore(SessionStore):
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = "vg:", expiry_grace: int = 300, completed_retention: int = 3600
+        cls,
+        url: str,
+        *,
+        prefix: str = "vg:",
+        expiry_grace: int = 300,
+        completed_retention: int = 3600,
     ) -> RedisSessionStore:
         """``redis://`` or ``rediss://`` for one server; ``redis+cluster://`` for a cluster."""
         common: dict[str, Any] = {
@@ -105,10 +111,17 @@ class RedisSessionStore(SessionStore):
         }
         client: RedisClient
         if url.startswith("redis+cluster://"):
-            client = RedisCluster.from_url("redis://" + url.removeprefix("redis+cluster://"), **common)
+            client = RedisCluster.from_url(
+                "redis://" + url.removeprefix("redis+cluster://"), **common
+            )
         else:
             client = aioredis.Redis.from_url(url, **common)
-        return cls(client, prefix=prefix, expiry_grace=expiry_grace, completed_retention=completed_retention)
+        return cls(
+            client,
+            prefix=prefix,
+            expiry_grace=expiry_grace,
+            completed_retention=completed_retention,
+        )
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -117,12 +130,14 @@ class RedisSessionStore(SessionStore):
 
     async def _fields(self, session_id: str) -> dict[str, str]:
         async with _guard("read"):
-            raw: dict[str, str] = await self._r.hgetall(self.keys.session(session_id))  # type: ignore[misc]
+            raw: dict[str, str] = await self._r.hgetall(self.keys.session(session_id))
         return raw
 
     # -- sessions -----------------------------------------------------------------------
 
-    async def create(self, session: Session, *, call_sid: str | None = None) -> tuple[Session, bool]:
+    async def create(
+        self, session: Session, *, call_sid: str | None = None
+    ) -> tuple[Session, bool]:
         fields = session_to_fields(session)
         fields["_created_ts"] = repr(session.created_at.timestamp())
         keys = [self.keys.session(session.id), self.keys.deadlines_of(session.id)]
@@ -192,7 +207,7 @@ class RedisSessionStore(SessionStore):
             raise SessionNotFound(session_id)
         expiration = int(json.loads(raw["expiration_seconds"]))
         keys = [*self.keys.session_keys(session_id), self.keys.deadlines_of(session_id)]
-        args = [
+        args: list[Any] = [
             session_id,
             expiration + self._grace,
             repr(now.timestamp() + expiration),
@@ -214,11 +229,13 @@ class RedisSessionStore(SessionStore):
         _status_check(code, session_id)
         return code
 
-    async def get_messages(self, session_id: str, offset: int = 0, limit: int = 100) -> list[Message]:
+    async def get_messages(
+        self, session_id: str, offset: int = 0, limit: int = 100
+    ) -> list[Message]:
         if limit <= 0:
             return []
         async with _guard("read"):
-            raw = await self._r.lrange(self.keys.messages(session_id), offset, offset + limit - 1)  # type: ignore[misc]
+            raw = await self._r.lrange(self.keys.messages(session_id), offset, offset + limit - 1)
         return [Message.model_validate_json(m) for m in raw]
 
     async def complete(
@@ -233,7 +250,7 @@ class RedisSessionStore(SessionStore):
             self.keys.deadlines_of(session_id),
             self.keys.completed_of(session_id),
         ]
-        args = [
+        args: list[Any] = [
             session_id,
             json.dumps(end_reason.value),
             json.dumps(rfc3339(now)),
@@ -286,16 +303,22 @@ class RedisSessionStore(SessionStore):
 
     async def _put_child_field(self, session_id: str, child: str, field: str, value: str) -> int:
         async with _guard("write"):
-            code = int(await self._put_child(keys=[self.keys.session(session_id), child], args=[field, value]))
+            code = int(
+                await self._put_child(
+                    keys=[self.keys.session(session_id), child], args=[field, value]
+                )
+            )
         _status_check(code, session_id)
         return code
 
     async def put_document(self, session_id: str, doc_id: str, document: Mapping[str, Any]) -> None:
-        await self._put_child_field(session_id, self.keys.documents(session_id), doc_id, json.dumps(dict(document)))
+        await self._put_child_field(
+            session_id, self.keys.documents(session_id), doc_id, json.dumps(dict(document))
+        )
 
     async def get_documents(self, session_id: str) -> list[dict[str, Any]]:
         async with _guard("read"):
-            raw = await self._r.hgetall(self.keys.documents(session_id))  # type: ignore[misc]
+            raw = await self._r.hgetall(self.keys.documents(session_id))
         docs = [json.loads(v) for v in raw.values()]
         docs.sort(key=lambda d: (str(d.get("created_at", "")), str(d.get("id", ""))))
         return docs
@@ -313,16 +336,22 @@ class RedisSessionStore(SessionStore):
                 raise
         self._groups_ready.add(stream)
 
-    async def _read_group(self, streams: list[str], consumer: str, count: int, block: int | None) -> Any:
+    async def _read_group(
+        self, streams: list[str], consumer: str, count: int, block: int | None
+    ) -> Any:
         try:
-            return await self._r.xreadgroup(GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block)
+            return await self._r.xreadgroup(
+                GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block
+            )
         except redis_errors.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             for s in streams:  # a stream expired and came back: recreate its group from 0
                 self._groups_ready.discard(s)
                 await self._ensure_group(s)
-            return await self._r.xreadgroup(GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block)
+            return await self._r.xreadgroup(
+                GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block
+            )
 
     async def read_completed(
         self, consumer: str, count: int = 100, block_ms: int = 1000
@@ -352,17 +381,21 @@ class RedisSessionStore(SessionStore):
             for b in range(BUCKETS):
                 stream = self.keys.completed(b)
                 await self._ensure_group(stream)
-                reply = await self._r.xautoclaim(stream, GROUP, consumer, min_idle_ms, "0-0", count=count)
+                reply = await self._r.xautoclaim(
+                    stream, GROUP, consumer, min_idle_ms, "0-0", count=count
+                )
                 for entry_id, f in reply[1]:
                     if f:
-                        out.append(CompletedEntry(f"{b}/{entry_id}", _record(f["session"], f["messages"])))
+                        out.append(
+                            CompletedEntry(f"{b}/{entry_id}", _record(f["session"], f["messages"]))
+                        )
         return out
 
     async def ack_completed(self, entry_ids: Sequence[str]) -> None:
         by_bucket: dict[int, list[str]] = {}
         for ref in entry_ids:
-            b, _, eid = ref.partition("/")
-            by_bucket.setdefault(int(b), []).append(eid)
+            bucket, _, eid = ref.partition("/")
+            by_bucket.setdefault(int(bucket), []).append(eid)
         async with _guard("ack completed"):
             for b, ids in by_bucket.items():
                 await self._ack(keys=[self.keys.completed(b)], args=ids)
@@ -401,5 +434,3 @@ def _record(session_json: str, messages_json: str) -> CompletedSession:
         session=Session.model_validate_json(session_json),
         messages=[Message.model_validate(m) for m in json.loads(messages_json)],
     )
-
-

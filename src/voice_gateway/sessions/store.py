@@ -61,7 +61,9 @@ class SessionStore(ABC):
     # -- sessions ---------------------------------------------------------------------------
 
     @abstractmethod
-    async def create(self, session: Session, *, call_sid: str | None = None) -> tuple[Session, bool]:
+    async def create(
+        self, session: Session, *, call_sid: str | None = None
+    ) -> tuple[Session, bool]:
         """Store a new active session; with ``call_sid``, return the existing one if any."""
 
     @abstractmethod
@@ -95,7 +97,9 @@ class SessionStore(ABC):
         """Append history to an active session; returns the new history length."""
 
     @abstractmethod
-    async def get_messages(self, session_id: str, offset: int = 0, limit: int = 100) -> list[Message]:
+    async def get_messages(
+        self, session_id: str, offset: int = 0, limit: int = 100
+    ) -> list[Message]:
         """History in order; empty when the session is unknown."""
 
     @abstractmethod
@@ -126,8 +130,9 @@ class SessionStore(ABC):
     # -- documents (session-scoped; tools are the session's ``tools`` field) ----------------
 
     @abstractmethod
-    async def put_document(self, session_id: str, doc_id: str, document: Mapping[str, Any]) -> None:
-        ...
+    async def put_document(
+        self, session_id: str, doc_id: str, document: Mapping[str, Any]
+    ) -> None: ...
 
     @abstractmethod
     async def get_documents(self, session_id: str) -> list[dict[str, Any]]: ...
@@ -187,7 +192,7 @@ def dump_update(fields: Mapping[str, Any]) -> dict[str, str]:
     if unknown:
         raise ValueError(f"unknown session fields: {sorted(unknown)}")
     # Validate each field by round-tripping through the model's own field validators.
-    probe = Session.model_construct()
+    probe = Session.model_construct(agent_id="")
     out: dict[str, Any] = {}
     for name, value in fields.items():
         Session.__pydantic_validator__.validate_assignment(probe, name, value)

@@ -7,6 +7,7 @@ arriving at the same moment) never complete a session twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from voice_gateway.errors import StoreUnavailable
@@ -28,7 +29,5 @@ async def run_sweeper(lifecycle: Lifecycle, interval: float, stop: asyncio.Event
             log.warning("sweeper: store unavailable, retrying: %s", exc)
         except Exception:
             log.exception("sweeper iteration failed")
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
-        except TimeoutError:
-            pass

@@ -1,4 +1,4 @@
-"""The calls this process is carrying: live streams, and completions waiting for a status callback."""
+"""The calls this process carries: live streams, and completions awaiting a status callback."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class CallRegistry:
         self._lifecycle = lifecycle
         self._streams: dict[str, _Stream] = {}
         self._later: dict[str, asyncio.Task[None]] = {}
+        self._idle = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -36,6 +37,8 @@ class CallRegistry:
     def release(self, session_id: str, stream: _Stream) -> None:
         if self._streams.get(session_id) is stream:
             del self._streams[session_id]
+            if not self._streams:
+                self._idle.set()
 
     def complete_later(self, session_id: str, delay: float, call_sid: str) -> None:
         """Complete the session after ``delay`` s unless its status callback did it first."""
@@ -50,14 +53,18 @@ class CallRegistry:
             await asyncio.sleep(delay)
         record = await self._lifecycle.complete_if_active(session_id, EndReason.COMPLETED)
         if record is not None:
-            log.info("no status callback within %.1fs: completed from the stream's end call_sid=%s", delay, call_sid)
+            log.info(
+                "no status callback within %.1fs: completed from the stream's end call_sid=%s",
+                delay,
+                call_sid,
+            )
 
-    async def drain(self, timeout: float) -> None:
-        """Let live calls run up to ``timeout`` s, then end the rest (going-away)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._streams and loop.time() < deadline:
-            await asyncio.sleep(0.1)
+    async def drain(self, grace: float) -> None:
+        """Let live calls run up to ``grace`` s, then end the rest (going-away)."""
+        if self._streams:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
         for stream in list(self._streams.values()):
             await stream.shutdown()
 

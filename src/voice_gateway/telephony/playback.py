@@ -84,7 +84,9 @@ class Playback:
             self._emit_labels(out)
             chunk = bytes(self._buf[:FRAME_BYTES])
             del self._buf[:FRAME_BYTES]
-            self._labels_waiting = [(max(0, pos - len(chunk)), lb) for pos, lb in self._labels_waiting]
+            self._labels_waiting = [
+                (max(0, pos - len(chunk)), lb) for pos, lb in self._labels_waiting
+            ]
             out.append(("media", chunk))
             self.sent_ms += len(chunk) * FRAME_MS // FRAME_BYTES
             self._since_mark += 1
@@ -102,7 +104,11 @@ class Playback:
 
     def _mark(self, label: str | None) -> str:
         self._seq += 1
-        name = f"c{self._epoch}.{self._seq}" if label is None else f"a{self._epoch}.{self._seq}.{label}"
+        name = (
+            f"c{self._epoch}.{self._seq}"
+            if label is None
+            else f"a{self._epoch}.{self._seq}.{label}"
+        )
         self._marks.append(_PendingMark(name, self.sent_ms, label))
         return name
 

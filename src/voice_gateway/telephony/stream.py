@@ -45,9 +45,6 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 10.0
 METRICS_EVERY_FRAMES = 50  # flush frame counters to Prometheus once a second of audio
 
-def silent_bridge(app: web.Application, session: Session) -> CallBridge:
-    return SilentBridge()
-
 
 def handshake_ok(request: web.Request) -> bool:
     settings = request.app[appkeys.SETTINGS]
@@ -69,7 +66,9 @@ async def media_stream_handler(request: web.Request) -> web.StreamResponse:
     signed = handshake_ok(request)
     await ws.prepare(request)
     if not signed:
-        log.warning("media stream refused: bad X-Twilio-Signature on the handshake from %s", request.remote)
+        log.warning(
+            "media stream refused: bad X-Twilio-Signature on the handshake from %s", request.remote
+        )
         app[appkeys.METRICS].stream_errors.labels("signature").inc()
         await ws.close(code=codec.CLOSE_POLICY_VIOLATION, message=b"invalid signature")
         return ws
@@ -184,7 +183,9 @@ class MediaStream:
             await self._refuse(refusal)
             return
         except ProtocolError as exc:
-            await self._refuse(_Refused(codec.CLOSE_PROTOCOL_ERROR, f"malformed frame: {exc.message}"))
+            await self._refuse(
+                _Refused(codec.CLOSE_PROTOCOL_ERROR, f"malformed frame: {exc.message}")
+            )
             return
         reason = "socket closed"
         try:
@@ -216,7 +217,9 @@ class MediaStream:
         try:
             verify_stream_token(self.settings.stream_secret(), token, session_id, start.call_sid)
         except Forbidden as exc:
-            raise _Refused(codec.CLOSE_BAD_STREAM_TOKEN, f"stream token refused: {exc.message}") from exc
+            raise _Refused(
+                codec.CLOSE_BAD_STREAM_TOKEN, f"stream token refused: {exc.message}"
+            ) from exc
         bind(session_id=session_id)
         session = await self.lifecycle.store.get(session_id)
         if session is None or not session.is_active:
@@ -228,7 +231,9 @@ class MediaStream:
             sample_rate=start.media_format.sample_rate,
             channels=start.media_format.channels,
         )
-        if not self.registry.claim(session_id, self) or not await self.lifecycle.claim_stream(session_id, info):
+        if not self.registry.claim(session_id, self) or not await self.lifecycle.claim_stream(
+            session_id, info
+        ):
             self.registry.release(session_id, self)
             raise _Refused(codec.CLOSE_DUPLICATE_STREAM, "the call already has a live stream")
         self.session = session.model_copy(update={"stream": info})
@@ -243,7 +248,10 @@ class MediaStream:
 
     async def _refuse(self, refusal: _Refused) -> None:
         log.warning(
-            "media stream refused (%d): %s call_sid=%s", refusal.code, refusal.reason, self.call_sid or "-"
+            "media stream refused (%d): %s call_sid=%s",
+            refusal.code,
+            refusal.reason,
+            self.call_sid or "-",
         )
         self.metrics.stream_errors.labels(str(refusal.code)).inc()
         await self.ws.close(code=refusal.code, message=refusal.reason.encode()[:120])
@@ -264,8 +272,16 @@ class MediaStream:
             try:
                 event = parse(msg.data, max_bytes=max_bytes)
             except (ProtocolError, PayloadTooLarge) as exc:
-                code = codec.CLOSE_MESSAGE_TOO_BIG if isinstance(exc, PayloadTooLarge) else codec.CLOSE_PROTOCOL_ERROR
-                log.warning("malformed media-stream frame, closing: %s call_sid=%s", exc.message, self.call_sid)
+                code = (
+                    codec.CLOSE_MESSAGE_TOO_BIG
+                    if isinstance(exc, PayloadTooLarge)
+                    else codec.CLOSE_PROTOCOL_ERROR
+                )
+                log.warning(
+                    "malformed media-stream frame, closing: %s call_sid=%s",
+                    exc.message,
+                    self.call_sid,
+                )
                 await self._close_with(code, "malformed frame")
                 return "protocol error"
             if type(event) is media_type:
@@ -291,9 +307,13 @@ class MediaStream:
             elif isinstance(event, codec.Stop):
                 return "stop"
             elif isinstance(event, codec.Unknown):
-                log.info("unknown media-stream event %r skipped call_sid=%s", event.event, self.call_sid)
+                log.info(
+                    "unknown media-stream event %r skipped call_sid=%s", event.event, self.call_sid
+                )
         if ws.close_code == codec.CLOSE_MESSAGE_TOO_BIG:
-            log.warning("media-stream frame over %d bytes refused call_sid=%s", max_bytes, self.call_sid)
+            log.warning(
+                "media-stream frame over %d bytes refused call_sid=%s", max_bytes, self.call_sid
+            )
             self.metrics.stream_errors.labels(str(codec.CLOSE_MESSAGE_TOO_BIG)).inc()
             return "frame too big"
         return "socket closed"
@@ -342,7 +362,11 @@ class MediaStream:
         self.registry.release(self.session.id, self)
         log.info(
             "media stream ended (%s) call_sid=%s frames_in=%d frames_out=%d gaps=%d",
-            reason, self.call_sid, self.frames_in, self.frames_out, self.sequence_gaps,
+            reason,
+            self.call_sid,
+            self.frames_in,
+            self.frames_out,
+            self.sequence_gaps,
         )
         assert self.session.stream is not None
         final = self.session.stream.model_copy(
@@ -357,7 +381,9 @@ class MediaStream:
             try:
                 await self.lifecycle.attach_stream(self.session.id, final)
             except GatewayError as exc:
-                log.warning("could not record stream end: %s call_sid=%s", exc.message, self.call_sid)
+                log.warning(
+                    "could not record stream end: %s call_sid=%s", exc.message, self.call_sid
+                )
         if self._ended_by is None:
             # The call completes on its status callback; if none comes in time, from here.
             self.registry.complete_later(

@@ -74,7 +74,9 @@ def check_signature(request: web.Request, settings: Settings, form: Mapping[str,
         return
     if settings.twilio_auth_token is None:
         raise Forbidden("no Twilio auth token configured: signed requests cannot be checked")
-    url = public_url(settings.public_url, request.rel_url.raw_path, request.rel_url.raw_query_string)
+    url = public_url(
+        settings.public_url, request.rel_url.raw_path, request.rel_url.raw_query_string
+    )
     validator = SignatureValidator(settings.twilio_auth_token.get_secret_value())
     params = {k: form.getall(k) for k in form} if isinstance(form, MultiDict) else dict(form)
     if not validator.validate(url, params, request.headers.get("X-Twilio-Signature")):
@@ -96,7 +98,9 @@ async def _twilio_request(request: web.Request, hook: str) -> MultiDict[str]:
     except Forbidden:
         log.warning(
             "%s webhook refused: invalid signature call_sid=%s remote=%s",
-            hook, form.get("CallSid", "-"), request.remote,
+            hook,
+            form.get("CallSid", "-"),
+            request.remote,
         )
         raise
     bind(call_sid=form.get("CallSid"))
@@ -200,7 +204,9 @@ async def status_callback(request: web.Request) -> web.Response:
             try:
                 await lifecycle.complete(session.id, end_reason, duration=duration)
             except (AlreadyCompleted, SessionNotFound):
-                log.info("status callback %s: session already completed call_sid=%s", status, call_sid)
+                log.info(
+                    "status callback %s: session already completed call_sid=%s", status, call_sid
+                )
         elif status in PROGRESS_STATUSES:
             log.info("call status %s call_sid=%s", status, call_sid)
         else:

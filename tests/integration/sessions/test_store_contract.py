@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
-
 from tests.conftest import REDIS_URL
+
 from voice_gateway.errors import AlreadyCompleted, SessionNotFound, StoreUnavailable
 from voice_gateway.sessions.keys import bucket_of, mint_session_id
 from voice_gateway.sessions.lifecycle import Lifecycle
@@ -45,7 +45,7 @@ def call_session(call_sid: str = "CA" + "1" * 32, **extra: object) -> Session:
 
 async def test_create_then_get_returns_the_same_session(store: SessionStore) -> None:
     session = call_session(name="first call", is_test=True)
-    stored, created = await store.create(session, call_sid=session.channel.sid)
+    _, created = await store.create(session, call_sid=session.channel.sid)
     assert created
     got = await store.get(session.id)
     assert got == session
@@ -68,7 +68,9 @@ async def test_update_sets_fields_and_validates(store: SessionStore) -> None:
     await store.create(session)
     later = utcnow() + timedelta(seconds=5)
     updated = await store.update(
-        session.id, {"summary": "wants a refund", "metadata": {"tier": "silver"}, "name": "x" * 40}, later
+        session.id,
+        {"summary": "wants a refund", "metadata": {"tier": "silver"}, "name": "x" * 40},
+        later,
     )
     assert updated.summary == "wants a refund"
     assert updated.metadata == {"tier": "silver"}
@@ -90,7 +92,9 @@ async def test_counters_and_history(store: SessionStore) -> None:
     await lc.open(session)
     await lc.count(session.id, turns=2, interruptions=1)
     for i in range(5):
-        await lc.append_message(session.id, "user" if i % 2 == 0 else "assistant", f"m{i}", turn_id=i)
+        await lc.append_message(
+            session.id, "user" if i % 2 == 0 else "assistant", f"m{i}", turn_id=i
+        )
     history = await lc.history(session.id, offset=1, limit=3)
     assert [m.content for m in history] == ["m1", "m2", "m3"]
     assert [m.role for m in history] == ["assistant", "user", "assistant"]
@@ -143,7 +147,9 @@ async def test_complete_measures_duration_when_none_is_given(store: SessionStore
         await store.complete("00000000-0000-4000-8000-000000000000", EndReason.COMPLETED, utcnow())
 
 
-async def test_deadline_index_finds_outlived_sessions_and_touch_extends(store: SessionStore) -> None:
+async def test_deadline_index_finds_outlived_sessions_and_touch_extends(
+    store: SessionStore,
+) -> None:
     lc = Lifecycle(store)
     short = call_session("CA" + "2" * 32, expiration_seconds=60)
     long = call_session("CA" + "3" * 32, expiration_seconds=3600)
