@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from voice_gateway.errors import AlreadyCompleted, SessionNotFound
@@ -114,18 +114,34 @@ class Lifecycle:
     async def history(self, session_id: str, offset: int = 0, limit: int = 100) -> list[Message]:
         return await self.store.get_messages(session_id, offset, limit)
 
+    async def set_deadline(
+        self, session_id: str, in_seconds: float, expiry_reason: EndReason | None = None
+    ) -> None:
+        """Have the sweeper (of any instance) end the session ``in_seconds`` from now with
+        ``expiry_reason`` unless something completes it first: a lease while a call is live,
+        a grace period for the status callback once its stream ended."""
+        deadline = self._clock() + timedelta(seconds=in_seconds)
+        await self.store.set_deadline(session_id, deadline, expiry_reason)
+
     async def complete(
-        self, session_id: str, end_reason: EndReason, *, duration: float | None = None
+        self,
+        session_id: str,
+        end_reason: EndReason,
+        *,
+        duration: float | None = None,
+        on_expiry: bool = False,
     ) -> CompletedSession:
         """Complete the session exactly once; every other caller gets ``AlreadyCompleted``."""
-        record = await self.store.complete(session_id, end_reason, self._clock(), duration)
+        record = await self.store.complete(
+            session_id, end_reason, self._clock(), duration, on_expiry=on_expiry
+        )
         if record is None:
             raise AlreadyCompleted(session_id)
         s = record.session
         log.info(
             "session completed session_id=%s end_reason=%s duration=%.3f call_sid=%s",
             s.id,
-            end_reason.value,
+            s.end_reason.value if s.end_reason else "-",
             s.duration or 0.0,
             s.channel.sid or "-",
         )
@@ -137,19 +153,27 @@ class Lifecycle:
         return record
 
     async def complete_if_active(
-        self, session_id: str, end_reason: EndReason, *, duration: float | None = None
+        self,
+        session_id: str,
+        end_reason: EndReason,
+        *,
+        duration: float | None = None,
+        on_expiry: bool = False,
     ) -> CompletedSession | None:
         """``complete``, treating "already completed" and "unknown" as a quiet no-op."""
         try:
-            return await self.complete(session_id, end_reason, duration=duration)
+            return await self.complete(
+                session_id, end_reason, duration=duration, on_expiry=on_expiry
+            )
         except (AlreadyCompleted, SessionNotFound):
             return None
 
     async def sweep(self, limit: int = 100) -> list[str]:
-        """Complete every session past its deadline with ``expired``; returns the ones this won."""
+        """Complete every session past its deadline (``expired``, or the reason its deadline was
+        set with); returns the ones this instance won."""
         won: list[str] = []
         ids: Iterable[str] = await self.store.expired_sessions(self._clock(), limit)
         for sid in ids:
-            if await self.complete_if_active(sid, EndReason.EXPIRED) is not None:
+            if await self.complete_if_active(sid, EndReason.EXPIRED, on_expiry=True) is not None:
                 won.append(sid)
         return won

@@ -38,6 +38,7 @@ class _Live:
     created_ts: float
     expires_at: float
     call_sid: str | None
+    expiry_reason: EndReason | None = None
     messages: list[Message] = field(default_factory=list)
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -176,12 +177,16 @@ class MemorySessionStore(SessionStore):
         end_reason: EndReason,
         now: datetime,
         duration: float | None = None,
+        *,
+        on_expiry: bool = False,
     ) -> CompletedSession | None:
         entry = self._entry(session_id)
         if entry is None:
             raise SessionNotFound(session_id)
         if entry.session.status is not SessionStatus.ACTIVE:
             return None
+        if on_expiry and entry.expiry_reason is not None:
+            end_reason = entry.expiry_reason
         measured = round(max(0.0, now.timestamp() - entry.created_ts), 3)
         entry.session.status = SessionStatus.COMPLETED
         entry.session.end_reason = end_reason
@@ -197,6 +202,13 @@ class MemorySessionStore(SessionStore):
         self._queue[f"0/{next(self._seq)}"] = _Queued(record)
         self._queue_changed.set()
         return record
+
+    async def set_deadline(
+        self, session_id: str, deadline: datetime, expiry_reason: EndReason | None = None
+    ) -> None:
+        entry = self._active(session_id)
+        self._deadlines[session_id] = deadline.timestamp()
+        entry.expiry_reason = expiry_reason
 
     async def delete(self, session_id: str) -> bool:
         return self._drop(session_id)

@@ -6,6 +6,7 @@ here, at the boundary.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -40,6 +41,8 @@ from voice_gateway.sessions.store import (
 log = logging.getLogger(__name__)
 
 GROUP = "archivers"
+#: On a cluster the archiver polls the buckets (a blocking read cannot span slots).
+CLUSTER_POLL_MS = 200
 #: How long the completed stream and deadline sets live without writes (they are refreshed by
 #: every write; entries leave the stream once archived).
 INDEX_TTL = 30 * 86400
@@ -91,6 +94,7 @@ class RedisSessionStore(SessionStore):
         self._delete = client.register_script(scripts.DELETE)
         self._ack = client.register_script(scripts.ACK)
         self._claim_stream = client.register_script(scripts.CLAIM_STREAM)
+        self._set_deadline = client.register_script(scripts.SET_DEADLINE)
         self._groups_ready: set[str] = set()
 
     @classmethod
@@ -244,6 +248,8 @@ class RedisSessionStore(SessionStore):
         end_reason: EndReason,
         now: datetime,
         duration: float | None = None,
+        *,
+        on_expiry: bool = False,
     ) -> CompletedSession | None:
         keys = [
             *self.keys.session_keys(session_id),
@@ -258,6 +264,7 @@ class RedisSessionStore(SessionStore):
             "" if duration is None else repr(float(duration)),
             self._retention,
             INDEX_TTL,
+            "1" if on_expiry else "0",
         ]
         async with _guard("complete"):
             result = await self._complete(keys=keys, args=args)
@@ -267,6 +274,17 @@ class RedisSessionStore(SessionStore):
         if code == 0:
             return None
         return _record(result[2], result[3])
+
+    async def set_deadline(
+        self, session_id: str, deadline: datetime, expiry_reason: EndReason | None = None
+    ) -> None:
+        keys = [self.keys.session(session_id), self.keys.deadlines_of(session_id)]
+        reason = json.dumps(expiry_reason.value) if expiry_reason else ""
+        async with _guard("set deadline"):
+            code = await self._set_deadline(
+                keys=keys, args=[session_id, repr(deadline.timestamp()), reason]
+            )
+        _status_check(int(code), session_id)
 
     async def delete(self, session_id: str) -> bool:
         keys = [*self.keys.session_keys(session_id), self.keys.deadlines_of(session_id)]
@@ -364,6 +382,8 @@ class RedisSessionStore(SessionStore):
                 replies: list[Any] = []
                 for s in streams:
                     replies.extend(await self._read_group([s], consumer, count, None) or [])
+                if not replies and block_ms:
+                    await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
             else:
                 replies = await self._read_group(streams, consumer, count, block_ms or None) or []
         return [

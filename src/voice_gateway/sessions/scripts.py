@@ -100,7 +100,8 @@ return 1
 
 # The exactly-once transition.
 # KEYS: session, msgs, docs, deadlines, completed stream
-# ARGV: session_id, end_reason, ended_at, ended_ts, duration ('' = measure), retention, stream_ttl
+# ARGV: session_id, end_reason, ended_at, ended_ts, duration ('' = measure), retention, stream_ttl,
+#       on_expiry ('1': the sweeper is completing it: use the session's _expiry_reason if set)
 # Returns {-1} unknown, {0} already completed, {1, entry_id, session_json, messages_json}.
 COMPLETE = (
     _BUMP_TTL
@@ -108,6 +109,10 @@ COMPLETE = (
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {-1} end
 if st ~= '"active"' then return {0} end
+if ARGV[8] == '1' then
+  local reason = redis.call('HGET', KEYS[1], '_expiry_reason')
+  if reason then ARGV[2] = reason end
+end
 local duration = ARGV[5]
 if duration == '' then
   local created = tonumber(redis.call('HGET', KEYS[1], '_created_ts')) or tonumber(ARGV[4])
@@ -165,5 +170,21 @@ if current and current ~= 'null' then
   if ended == nil or ended == cjson.null then return 2 end
 end
 redis.call('HSET', KEYS[1], 'stream', ARGV[1], 'updated_at', ARGV[2])
+return 1
+"""
+
+# Move a session's deadline (a lease while a call is live, a grace after its stream ended) and
+# say which end reason the sweeper should use when it passes.
+# KEYS: session, deadlines   ARGV: session_id, deadline, end_reason ('' = expired)
+SET_DEADLINE = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if st ~= '"active"' then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], '_expiry_reason')
+else
+  redis.call('HSET', KEYS[1], '_expiry_reason', ARGV[3])
+end
 return 1
 """

@@ -109,8 +109,17 @@ class SessionStore(ABC):
         end_reason: EndReason,
         now: datetime,
         duration: float | None = None,
+        *,
+        on_expiry: bool = False,
     ) -> CompletedSession | None:
-        """The exactly-once transition; None when already completed (SessionNotFound if unknown)."""
+        """The exactly-once transition; None when already completed (SessionNotFound if unknown).
+        ``on_expiry``: the sweeper is completing it, so the reason set by ``set_deadline`` wins."""
+
+    @abstractmethod
+    async def set_deadline(
+        self, session_id: str, deadline: datetime, expiry_reason: EndReason | None = None
+    ) -> None:
+        """Move the sweeper's deadline for an active session, and the end reason it will use."""
 
     @abstractmethod
     async def delete(self, session_id: str) -> bool:

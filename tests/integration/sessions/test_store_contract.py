@@ -299,3 +299,45 @@ async def test_a_second_live_stream_is_refused(store: SessionStore) -> None:
     await lc.complete(session.id, EndReason.COMPLETED)
     with pytest.raises(AlreadyCompleted):
         await lc.claim_stream(session.id, StreamInfo(stream_sid="MZ4", started_at=utcnow()))
+
+
+async def test_a_lease_lets_any_sweeper_end_a_call_with_the_reason_it_was_given(
+    store: SessionStore,
+) -> None:
+    now = utcnow()
+    owner = Lifecycle(store, clock=lambda: now)
+    session = call_session()
+    await owner.open(session)
+    # the instance carrying the call holds a 30 s lease; it dies and stops renewing it
+    await owner.set_deadline(session.id, 30, EndReason.ERROR)
+    other = Lifecycle(store, clock=lambda: now + timedelta(seconds=20))
+    assert await other.sweep() == []
+    later = Lifecycle(store, clock=lambda: now + timedelta(seconds=31))
+    assert await later.sweep() == [session.id]
+    got = await later.get(session.id)
+    assert got.end_reason is EndReason.ERROR
+    # a status callback that arrives afterwards changes nothing
+    assert await later.complete_if_active(session.id, EndReason.COMPLETED) is None
+
+
+async def test_stream_end_grace_completes_as_completed_and_a_status_callback_wins_before(
+    store: SessionStore,
+) -> None:
+    now = utcnow()
+    lc = Lifecycle(store, clock=lambda: now)
+    a, b = call_session("CA" + "4" * 32), call_session("CA" + "5" * 32)
+    for s in (a, b):
+        await lc.open(s)
+        await lc.set_deadline(s.id, 10, EndReason.COMPLETED)
+    await lc.complete(b.id, EndReason.COMPLETED, duration=7)  # b's status callback came in time
+    sweeper = Lifecycle(store, clock=lambda: now + timedelta(seconds=11))
+    assert await sweeper.sweep() == [a.id]
+    assert (await lc.get(a.id)).end_reason is EndReason.COMPLETED
+    assert (await lc.get(b.id)).duration == 7.0
+    # set_deadline without a reason falls back to plain expiry
+    c = call_session("CA" + "6" * 32)
+    await lc.open(c)
+    await lc.set_deadline(c.id, 10, EndReason.ERROR)
+    await lc.set_deadline(c.id, 10)
+    assert await sweeper.sweep() == [c.id]
+    assert (await lc.get(c.id)).end_reason is EndReason.EXPIRED
