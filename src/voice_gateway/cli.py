@@ -87,7 +87,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from voice_gateway.archive.export import run_export
 
     settings = _load(args)
-    return asyncio.run(run_export(args, settings.archive_url.get_secret_value()))
+    return asyncio.run(
+        run_export(args, settings.archive_url.get_secret_value(), schema=settings.archive_schema)
+    )
 
 
 def cmd_archiver(args: argparse.Namespace) -> int:
@@ -109,7 +111,9 @@ def cmd_archiver(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         store = create_store(settings)
-        archive = await Archive.open(settings.archive_url.get_secret_value())
+        archive = await Archive.open(
+            settings.archive_url.get_secret_value(), schema=settings.archive_schema
+        )
         try:
             await Archiver(store, archive, consumer=f"archiver-{instance_name()}").run(stop)
         finally:

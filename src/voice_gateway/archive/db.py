@@ -1,0 +1,798 @@
+"""The archive of completed sessions: SQLite (embedded default) or PostgreSQL, one code path.
+
+``Archive.open(url)`` maps the configured URL onto an async driver (``sqlite:///path`` ->
+aiosqlite, ``postgresql://`` / ``postgres://`` -> asyncpg), applies the schema migrations
+(``schema.py``) and returns a ready archive. Library errors are converted here, at the
+boundary:
+
+- the database cannot be reached or used right now (connection refused or lost, locked,
+  read-only, out of resources, timed out) -> ``ArchiveUnavailable``: retry later;
+- the database refused the data itself (constraint, encoding, value too large) ->
+  ``ArchiveRejected``: retrying the same data will not help.
+
+Messages never carry the password of the archive URL (``redact_url``), nor SQL parameters
+(session contents, phone numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Text,
+    and_,
+    case,
+    cast,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateSchema
+
+from voice_gateway.archive import schema as sc
+from voice_gateway.errors import ArchiveUnavailable, ConfigError, GatewayError
+from voice_gateway.sessions.models import (
+    ANALYTICS_COLUMNS,
+    CompletedSession,
+    Message,
+    Session,
+    analytics_row,
+)
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["sqlite", "postgresql"]
+_M = TypeVar("_M", bound=BaseModel)
+
+#: Execution option that makes the SQLite ``begin`` hook take the write lock up front.
+_WRITE_OPTION = "voice_gateway_archive_write"
+#: PostgreSQL SQLSTATE classes that mean "this data", not "this database": 22 data exception,
+#: 23 integrity constraint violation, 54 program limit exceeded (e.g. a value too large).
+_REJECTED_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+#: Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit.
+_IN_CHUNK = 500
+_REASON_MAX = 300
+
+
+#: Session fields ``Archive.update`` may change (what the REST API lets users edit).
+UPDATABLE_FIELDS = frozenset(
+    {"name", "summary", "session_label_id", "metadata", "situation", "situation_template"}
+)
+
+
+class ArchiveRejected(GatewayError):
+    """The database refused the data itself; retrying the same record will not help."""
+
+    status = 500
+    type = "archive_rejected"
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@]*):[^@/]*@")
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe to log and to show)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: strip any user:password@ by pattern
+        return _USERINFO.sub(r"\g<scheme>\g<user>:***@", url)
+
+
+def engine_url(url: str) -> tuple[URL, Backend]:
+    """The SQLAlchemy async URL for a configured archive URL, and its backend.
+
+    ``sqlite:///relative.db`` (relative to the working directory), ``sqlite:////absolute.db``;
+    ``postgresql://user[:password]@host[:port]/db`` (also ``postgres://``). Anything else is a
+    ``ConfigError``, and so is an in-memory SQLite database: one connection shared by every
+    task cannot keep their transactions apart, and an archive that vanishes on exit is no
+    archive (tests use a file in a temporary directory).
+    """
+    try:
+        parsed = make_url(url)
+    except Exception:
+        # the library's message repeats the URL, password included: do not chain it
+        raise ConfigError(f"not a database URL: {redact_url(url)!r}", key="archive_url") from None
+    driver = parsed.drivername
+    if driver in ("sqlite", "sqlite+aiosqlite"):
+        if parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed.database):
+            raise ConfigError(
+                "an in-memory SQLite archive is not supported: use sqlite:///path/to/archive.db",
+                key="archive_url",
+            )
+        return parsed.set(drivername="sqlite+aiosqlite"), "sqlite"
+    if driver in ("postgresql", "postgres", "postgresql+asyncpg"):
+        if not parsed.database:
+            raise ConfigError(
+                f"the archive URL names no database: {redact_url(url)!r}", key="archive_url"
+            )
+        return parsed.set(drivername="postgresql+asyncpg"), "postgresql"
+    raise ConfigError(
+        f"unsupported archive URL scheme {driver!r} in {redact_url(url)!r}: "
+        "use sqlite:///path or postgresql://user@host/db",
+        key="archive_url",
+    )
+
+
+# -- error conversion ------------------------------------------------------------------------
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason without SQL parameters (they would carry session contents)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        cause: BaseException = exc.orig
+        inner = cause.__cause__
+        name = type(inner).__name__ if inner is not None else type(cause).__name__
+        text = str(cause)
+    else:
+        name, text = type(exc).__name__, str(exc)
+    text = " ".join(text.split())
+    if len(text) > _REASON_MAX:
+        text = text[: _REASON_MAX - 3] + "..."
+    return f"{name}: {text}" if text else name
+
+
+def _sqlstate(exc: sa_exc.DBAPIError) -> str | None:
+    for source in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        state = getattr(source, "sqlstate", None) or getattr(source, "pgcode", None)
+        if isinstance(state, str) and len(state) == 5:
+            return state
+    return None
+
+
+def classify(exc: BaseException) -> type[GatewayError] | None:
+    """``ArchiveUnavailable``, ``ArchiveRejected``, or None for errors that are our bugs."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return ArchiveUnavailable
+        state = _sqlstate(exc)
+        if state is not None:
+            return (
+                ArchiveRejected if state[:2] in _REJECTED_SQLSTATE_CLASSES else ArchiveUnavailable
+            )
+        if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
+            return ArchiveRejected
+        return ArchiveUnavailable
+    if isinstance(exc, sa_exc.StatementError):  # a value failed to bind (before the database)
+        return ArchiveRejected
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return ArchiveUnavailable
+    if isinstance(exc, OSError | TimeoutError | ConnectionError):
+        return ArchiveUnavailable
+    if type(exc).__module__.partition(".")[0] == "asyncpg":  # raised by the driver unwrapped
+        return ArchiveUnavailable
+    return None
+
+
+def _canonical(model: _M) -> _M:
+    """The model as it reads back from its JSON (UTC times at the model's precision)."""
+    return type(model).model_validate_json(model.model_dump_json())
+
+
+def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"{name} must be timezone-aware")
+    return value
+
+
+def _session_row(session: Session, data: str, archived_at: datetime) -> dict[str, Any]:
+    """The ``sessions`` row of a session read back from ``data``, its JSON."""
+    analytics = analytics_row(session)
+    row = {column: analytics[key] for key, column in sc.ANALYTICS_SOURCE}
+    row.update(
+        status=session.status.value,
+        updated_at=session.updated_at,
+        metadata=session.metadata,
+        data=data,
+        archived_at=archived_at,
+    )
+    return row
+
+
+def _message_row(session_id: str, seq: int, message: Message) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "seq": seq,
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "created_at": message.created_at,
+        "turn_id": message.turn_id,
+        "metadata": message.metadata,
+    }
+
+
+class Archive:
+    """Completed sessions and their history; the source of the analytics export."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        backend: Backend,
+        display_url: str,
+        schema: str | None = None,
+        base_engine: AsyncEngine | None = None,
+    ) -> None:
+        self._engine = engine
+        self._base_engine = base_engine or engine
+        self.backend: Backend = backend
+        #: The archive URL with its password hidden.
+        self.display_url = display_url
+        self.schema = schema
+        self._closed = False
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        schema: str | None = None,
+        busy_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> Archive:
+        """Connect, migrate the schema, and return the archive.
+
+        ``schema`` (PostgreSQL only) keeps the tables in that schema, created if missing.
+        ``busy_timeout`` (SQLite) is how long a write waits for another writer's lock.
+        Raises ``ConfigError`` for an unsupported URL or a schema newer than this code, and
+        ``ArchiveUnavailable`` when the database cannot be reached.
+        """
+        sa_url, backend = engine_url(url)
+        display = redact_url(url)
+        if schema is not None and backend != "postgresql":
+            raise ConfigError("an archive schema is supported on PostgreSQL only", key="schema")
+        if backend == "sqlite":
+            base = cls._sqlite_engine(sa_url, display, busy_timeout)
+        else:
+            base = create_async_engine(
+                sa_url,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=5,
+                pool_timeout=connect_timeout * 2,
+                connect_args={
+                    "timeout": connect_timeout,
+                    "command_timeout": 60,
+                    "server_settings": {"application_name": "voice-gateway-archive"},
+                },
+            )
+        engine = base
+        if schema is not None:
+            engine = base.execution_options(schema_translate_map={None: schema})
+        archive = cls(engine, backend=backend, display_url=display, schema=schema, base_engine=base)
+        try:
+            applied = await archive._migrate()
+        except BaseException:
+            await base.dispose()
+            raise
+        if applied:
+            log.info(
+                "archive migrated url=%s schema=%s applied=%s version=%d",
+                display,
+                schema or "-",
+                applied,
+                sc.LATEST_VERSION,
+            )
+        return archive
+
+    @staticmethod
+    def _sqlite_engine(url: URL, display: str, busy_timeout: float) -> AsyncEngine:
+        path = Path(str(url.database))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArchiveUnavailable(
+                f"cannot create the directory of the archive {display}: {_reason(exc)}"
+            ) from exc
+        engine = create_async_engine(url, connect_args={"timeout": busy_timeout})
+        busy_ms = max(0, int(busy_timeout * 1000))
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control from the sqlite3 module (see ``_on_begin``).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+                cursor.execute("PRAGMA foreign_keys=ON")
+            finally:
+                cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # Writers take the lock at BEGIN, so a busy database waits ``busy_timeout`` there
+            # instead of failing at the first write; readers never block a writer (WAL).
+            write = conn.get_execution_options().get(_WRITE_OPTION, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+
+    async def _migrate(self) -> list[int]:
+        async with self._guard("open"), self._transaction(write=True) as conn:
+            if self.backend == "postgresql":
+                key = zlib.crc32(f"voice_gateway.archive:{self.schema or ''}".encode())
+                await conn.execute(select(func.pg_advisory_xact_lock(literal(key))))
+                if self.schema is not None:
+                    await conn.execute(CreateSchema(self.schema, if_not_exists=True))
+            return await conn.run_sync(sc.migrate)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _guard(self, what: str) -> AsyncIterator[None]:
+        if self._closed:
+            raise ArchiveUnavailable(f"archive {self.display_url} is closed")
+        try:
+            yield
+        except GatewayError:
+            raise
+        except Exception as exc:
+            kind = classify(exc)
+            if kind is None:
+                raise
+            where = f" ({self.display_url})" if kind is ArchiveUnavailable else ""
+            raise kind(f"archive {what} failed{where}: {_reason(exc)}") from exc
+
+    @asynccontextmanager
+    async def _transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as conn:
+            if write:
+                await conn.execution_options(**{_WRITE_OPTION: True})
+            async with conn.begin():
+                yield conn
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _insert(self, table: Any) -> Any:
+        return pg.insert(table) if self.backend == "postgresql" else sqlite.insert(table)
+
+    def _upsert_statement(self) -> Any:
+        ins = self._insert(sc.sessions)
+        updates = {c.name: ins.excluded[c.name] for c in sc.sessions.c if c.name != "id"}
+        # An archived row is never replaced by an older copy of its session (a record
+        # delivered again after ``update`` changed the row).
+        return ins.on_conflict_do_update(
+            index_elements=[sc.sessions.c.id],
+            set_=updates,
+            where=sc.sessions.c.updated_at <= ins.excluded.updated_at,
+        )
+
+    async def _lock_tombstones(self, conn: AsyncConnection, *, exclusive: bool) -> None:
+        """Deletes (exclusive) and upserts (shared) take turns on PostgreSQL, so an upsert
+        never writes a session that a concurrent delete has just tombstoned. SQLite writers
+        are serialised by ``BEGIN IMMEDIATE`` already."""
+        if self.backend != "postgresql":
+            return
+        key = zlib.crc32(f"voice_gateway.archive.tombstones:{self.schema or ''}".encode())
+        lock = func.pg_advisory_xact_lock if exclusive else func.pg_advisory_xact_lock_shared
+        await conn.execute(select(lock(literal(key))))
+
+    async def _tombstoned(self, conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        column = sc.deleted_sessions.c.session_id
+        for chunk in _chunks(ids, _IN_CHUNK):
+            found.update((await conn.execute(select(column).where(column.in_(chunk)))).scalars())
+        return found
+
+    async def upsert(self, records: Sequence[CompletedSession]) -> int:
+        """Write completed sessions (and replace their history) in one transaction.
+
+        Idempotent on the session id: writing a record again leaves one row and one copy of
+        its messages. Within one call, the last record for an id wins; a row is not replaced
+        by a record older (``updated_at``) than it. Sessions deleted with ``delete`` are
+        skipped (their tombstone outlives them). Returns the number of sessions written.
+        """
+        latest: dict[str, CompletedSession] = {}
+        for record in records:
+            latest[record.session.id] = record
+        if not latest:
+            return 0
+        archived_at = datetime.now(UTC)
+        session_rows: list[dict[str, Any]] = []
+        message_rows: list[dict[str, Any]] = []
+        for session_id, record in latest.items():
+            try:
+                data = record.session.model_dump_json()
+                session = Session.model_validate_json(data)
+                history = [_canonical(m) for m in record.messages]
+            except ValueError as exc:  # pydantic validation / serialisation errors
+                raise ArchiveRejected(
+                    f"session {session_id} does not round-trip through its model: "
+                    f"{type(exc).__name__}",
+                    details={"session_id": session_id},
+                ) from exc
+            session_rows.append(_session_row(session, data, archived_at))
+            message_rows.extend(_message_row(session_id, i, m) for i, m in enumerate(history))
+        ids = list(latest)
+        async with self._guard("upsert"), self._transaction(write=True) as conn:
+            await self._lock_tombstones(conn, exclusive=False)
+            deleted = await self._tombstoned(conn, ids)
+            if deleted:
+                log.info("archive skips deleted sessions session_ids=%s", ",".join(sorted(deleted)))
+                ids = [i for i in ids if i not in deleted]
+                session_rows = [r for r in session_rows if r["id"] not in deleted]
+                message_rows = [r for r in message_rows if r["session_id"] not in deleted]
+            if not ids:
+                return 0
+            for chunk in _chunks(ids, _IN_CHUNK):
+                await conn.execute(delete(sc.messages).where(sc.messages.c.session_id.in_(chunk)))
+            await conn.execute(self._upsert_statement(), session_rows)
+            if message_rows:
+                await conn.execute(insert(sc.messages), message_rows)
+        return len(ids)
+
+    async def update(
+        self, session_id: str, fields: Mapping[str, Any], org_id: str | None = None
+    ) -> Session | None:
+        """Change fields of an archived session (only in ``org_id`` when given).
+
+        For the REST API's updates of completed sessions: ``UPDATABLE_FIELDS`` only (else
+        ``ValueError``, as for a value the model refuses). ``updated_at`` becomes now, so a
+        late copy of the completion record cannot undo the change (see ``upsert``). Returns
+        the updated session, or None when there is no such row.
+        """
+        unknown = set(fields) - UPDATABLE_FIELDS
+        if unknown:
+            raise ValueError(f"archived sessions cannot change {sorted(unknown)}")
+        c = sc.sessions.c
+        stmt = select(c.data).where(c.id == session_id)
+        if org_id is not None:
+            stmt = stmt.where(c.org_id == org_id)
+        now = datetime.now(UTC)
+        async with self._guard("update"), self._transaction(write=True) as conn:
+            data = (await conn.execute(stmt.with_for_update())).scalar_one_or_none()
+            if data is None:
+                return None
+            current = Session.model_validate_json(data)
+            changed = Session.model_validate(
+                {**current.model_dump(), **fields, "updated_at": max(now, current.updated_at)}
+            )
+            data = changed.model_dump_json()
+            session = Session.model_validate_json(data)
+            row = _session_row(session, data, now)
+            del row["id"]
+            await conn.execute(sc.sessions.update().where(c.id == session_id).values(**row))
+        return session
+
+    async def delete(self, session_id: str, org_id: str | None = None) -> bool:
+        """Remove a session and its history (only from ``org_id`` when given), for good.
+
+        A tombstone stays behind, also when the session is not archived (yet): ``upsert``
+        skips the id from then on, so the completion record of a session deleted while it was
+        still on its way here never brings it back. Returns whether a row was removed; another
+        org's session is left alone (False, no tombstone).
+        """
+        c = sc.sessions.c
+        async with self._guard("delete"), self._transaction(write=True) as conn:
+            await self._lock_tombstones(conn, exclusive=True)
+            owner = (
+                await conn.execute(select(c.org_id).where(c.id == session_id))
+            ).scalar_one_or_none()
+            if owner is not None and org_id is not None and owner != org_id:
+                return False
+            tombstone = self._insert(sc.deleted_sessions).values(
+                session_id=session_id, org_id=owner or org_id, deleted_at=datetime.now(UTC)
+            )
+            await conn.execute(tombstone.on_conflict_do_nothing(index_elements=["session_id"]))
+            if owner is None:
+                return False
+            await conn.execute(delete(sc.messages).where(sc.messages.c.session_id == session_id))
+            await conn.execute(delete(sc.sessions).where(c.id == session_id))
+        return True
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, session_id: str, org_id: str | None = None) -> Session | None:
+        """The archived session (only from ``org_id`` when given), or None."""
+        stmt = select(sc.sessions.c.data).where(sc.sessions.c.id == session_id)
+        if org_id is not None:
+            stmt = stmt.where(sc.sessions.c.org_id == org_id)
+        async with self._guard("get"), self._transaction(write=False) as conn:
+            data = (await conn.execute(stmt)).scalar_one_or_none()
+        return None if data is None else Session.model_validate_json(data)
+
+    def _metadata_equals(self, key: str, value: str) -> ColumnElement[bool]:
+        """The metadata value under ``key``, as text, equals ``value``.
+
+        Scalars only, the same on both backends: a string as itself, a number as written
+        (``3``, ``2.5``), ``true``/``false``. Null, objects and arrays never match.
+        """
+        column = sc.sessions.c["metadata"]
+        if self.backend == "postgresql":
+            return and_(
+                func.jsonb_typeof(column[key]).in_(["string", "number", "boolean"]),
+                column[key].as_string() == value,
+            )
+        each = func.json_each(column).table_valued("key", "type", "atom")
+        as_text = case(
+            (each.c.type == "true", literal("true")),
+            (each.c.type == "false", literal("false")),
+            else_=cast(each.c.atom, Text),
+        )
+        scalar = each.c.type.in_(["text", "integer", "real", "true", "false"])
+        return exists(
+            select(literal(1)).select_from(each).where(each.c.key == key, scalar, as_text == value)
+        )
+
+    def _session_filters(
+        self,
+        *,
+        org_id: str | None,
+        agent_id: str | None,
+        user_id: str | None,
+        status: str | None,
+        end_reason: str | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        metadata: Mapping[str, str] | None,
+    ) -> list[ColumnElement[bool]]:
+        c = sc.sessions.c
+        out: list[ColumnElement[bool]] = []
+        if org_id is not None:
+            out.append(c.org_id == org_id)
+        if agent_id is not None:
+            out.append(c.agent_id == agent_id)
+        if user_id is not None:
+            out.append(c.user_id == user_id)
+        if status is not None:
+            out.append(c.status == str(status))
+        if end_reason is not None:
+            out.append(c.end_reason == str(end_reason))
+        if _aware("created_after", created_after) is not None:
+            out.append(c.created_at >= created_after)
+        if _aware("created_before", created_before) is not None:
+            out.append(c.created_at < created_before)
+        for key, value in (metadata or {}).items():
+            out.append(self._metadata_equals(str(key), str(value)))
+        return out
+
+    async def list_sessions(
+        self,
+        *,
+        org_id: str | None = None,
+        agent_id: str | None = None,
+        user_id: str | None = None,
+        status: str | None = None,
+        end_reason: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        metadata: Mapping[str, str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[Session]:
+        """Archived sessions matching every filter, newest first (ties: higher id first).
+
+        ``created_after`` is inclusive, ``created_before`` exclusive; ``metadata`` matches when
+        every key holds that value (compared as text, see ``_metadata_equals``).
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        if limit == 0:
+            return []
+        filters = self._session_filters(
+            org_id=org_id,
+            agent_id=agent_id,
+            user_id=user_id,
+            status=status,
+            end_reason=end_reason,
+            created_after=created_after,
+            created_before=created_before,
+            metadata=metadata,
+        )
+        stmt = (
+            select(sc.sessions.c.data)
+            .where(*filters)
+            .order_by(sc.sessions.c.created_at.desc(), sc.sessions.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._guard("list"), self._transaction(write=False) as conn:
+            rows = (await conn.execute(stmt)).scalars().all()
+        return [Session.model_validate_json(data) for data in rows]
+
+    async def count_sessions(
+        self,
+        *,
+        org_id: str | None = None,
+        agent_id: str | None = None,
+        user_id: str | None = None,
+        status: str | None = None,
+        end_reason: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        """How many sessions ``list_sessions`` would page through with these filters."""
+        filters = self._session_filters(
+            org_id=org_id,
+            agent_id=agent_id,
+            user_id=user_id,
+            status=status,
+            end_reason=end_reason,
+            created_after=created_after,
+            created_before=created_before,
+            metadata=metadata,
+        )
+        stmt = select(func.count()).select_from(sc.sessions).where(*filters)
+        async with self._guard("count"), self._transaction(write=False) as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def history(self, session_id: str, offset: int = 0, limit: int = 100) -> list[Message]:
+        """The session's messages in order (empty for an unknown session)."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        if limit == 0:
+            return []
+        m = sc.messages.c
+        stmt = (
+            select(m.id, m.role, m.content, m.created_at, m.turn_id, m["metadata"])
+            .where(m.session_id == session_id)
+            .order_by(m.seq)
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._guard("history"), self._transaction(write=False) as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [Message.model_validate(dict(row)) for row in rows]
+
+    # -- analytics export ---------------------------------------------------------------
+
+    @staticmethod
+    def _analytics_filters(
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        agent_id: str | None,
+        org_id: str | None,
+        exclude_test: bool,
+        exclude_legacy: bool,
+    ) -> list[ColumnElement[bool]]:
+        c = sc.sessions.c
+        out: list[ColumnElement[bool]] = []
+        if _aware("since", since) is not None:
+            out.append(c.created_at >= since)
+        if _aware("until", until) is not None:
+            out.append(c.created_at < until)
+        if agent_id is not None:
+            out.append(c.agent_id == agent_id)
+        if org_id is not None:
+            out.append(c.org_id == org_id)
+        if exclude_test:
+            out.append(c.is_test.is_(False))
+        if exclude_legacy:
+            out.append(c.is_legacy.is_(False))
+        return out
+
+    async def count_analytics_rows(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        agent_id: str | None = None,
+        org_id: str | None = None,
+        exclude_test: bool = False,
+        exclude_legacy: bool = False,
+    ) -> int:
+        """How many rows ``iter_analytics_rows`` yields with these filters."""
+        filters = self._analytics_filters(
+            since=since,
+            until=until,
+            agent_id=agent_id,
+            org_id=org_id,
+            exclude_test=exclude_test,
+            exclude_legacy=exclude_legacy,
+        )
+        stmt = select(func.count()).select_from(sc.sessions).where(*filters)
+        async with self._guard("count"), self._transaction(write=False) as conn:
+            return int((await conn.execute(stmt)).scalar_one())
+
+    async def iter_analytics_rows(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        agent_id: str | None = None,
+        org_id: str | None = None,
+        exclude_test: bool = False,
+        exclude_legacy: bool = False,
+        batch_size: int = 10_000,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Analytics rows of the matching sessions, in batches, ordered by (created_at, id).
+
+        ``since`` is inclusive and ``until`` exclusive, on the session's ``timestamp``
+        (created_at). Keyset pagination: each batch is one short indexed query, so memory stays
+        at one batch and no transaction is held open between batches (writers never wait for
+        an export). Keys are ``ANALYTICS_COLUMNS``; times are aware UTC datetimes.
+        """
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        filters = self._analytics_filters(
+            since=since,
+            until=until,
+            agent_id=agent_id,
+            org_id=org_id,
+            exclude_test=exclude_test,
+            exclude_legacy=exclude_legacy,
+        )
+        c = sc.sessions.c
+        columns = [c[column] for _, column in sc.ANALYTICS_SOURCE]
+        after: tuple[datetime, str] | None = None
+        while True:
+            stmt = select(*columns).where(*filters)
+            if after is not None:
+                stmt = stmt.where(
+                    or_(c.created_at > after[0], and_(c.created_at == after[0], c.id > after[1]))
+                )
+            stmt = stmt.order_by(c.created_at, c.id).limit(batch_size)
+            async with self._guard("export"), self._transaction(write=False) as conn:
+                rows = (await conn.execute(stmt)).all()
+            if not rows:
+                return
+            yield [dict(zip(ANALYTICS_COLUMNS, row, strict=True)) for row in rows]
+            if len(rows) < batch_size:
+                return
+            last = rows[-1]
+            after = (last[0], last[1])
+
+    # -- the archive itself ---------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        """The schema version of the database (``schema.LATEST_VERSION`` once opened)."""
+        stmt = select(func.max(sc.schema_version.c.version))
+        async with self._guard("schema version"), self._transaction(write=False) as conn:
+            return int((await conn.execute(stmt)).scalar_one() or 0)
+
+    async def ping(self) -> None:
+        """Raise ``ArchiveUnavailable`` if the database cannot be reached."""
+        async with self._guard("ping"), self._transaction(write=False) as conn:
+            await conn.execute(select(literal(1)))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._base_engine.dispose()
+
+    async def __aenter__(self) -> Archive:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"Archive({self.display_url!r}, schema={self.schema!r})"
