@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from voice_gateway import appkeys
-from voice_gateway.api import setup_api
 from voice_gateway.agents.bridge import AgentBridge
 from voice_gateway.agents.registry import build_agents
+from voice_gateway.api import setup_api
 from voice_gateway.archive.archiver import Archiver
 from voice_gateway.archive.db import Archive
 from voice_gateway.errors import GatewayError
@@ -187,7 +187,12 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     """The archiver, the expiry sweeper and the loop-lag probe run in every instance."""
     settings = app[appkeys.SETTINGS]
     stop = app[appkeys.STOPPING]
-    archiver = Archiver(app[appkeys.STORE], app[appkeys.ARCHIVE], consumer=instance_name())
+    archiver = Archiver(
+        app[appkeys.STORE],
+        app[appkeys.ARCHIVE],
+        consumer=instance_name(),
+        metrics=app[appkeys.METRICS],
+    )
     tasks = [
         asyncio.create_task(archiver.run(stop), name="archiver"),
         asyncio.create_task(

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from voice_gateway.archive.db import Archive, ArchiveRejected
 from voice_gateway.errors import ArchiveUnavailable, StoreUnavailable
+from voice_gateway.metrics import Metrics
 from voice_gateway.sessions.store import CompletedEntry, SessionStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Archiver:
         batch_size: int = 100,
         claim_idle_ms: int = 30_000,
         block_ms: int = 1000,
+        metrics: Metrics | None = None,
     ) -> None:
         if not consumer:
             raise ValueError("an archiver needs a consumer name")
@@ -65,6 +67,7 @@ class Archiver:
         self.batch_size = batch_size
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = block_ms
+        self.metrics = metrics
         #: Sessions written since this archiver started.
         self.written = 0
         # Claiming scans every bucket of the queue: do it at most twice per idle period.
@@ -153,6 +156,8 @@ class Archiver:
             )
         written = len({e.record.session.id for e in done})
         self.written += written
+        if self.metrics is not None:
+            self.metrics.archived.inc(written)
         return written
 
     async def drain_once(self) -> int:
@@ -190,6 +195,13 @@ class Archiver:
                 delay = BACKOFF_INITIAL
                 continue
             except (ArchiveUnavailable, StoreUnavailable) as exc:
+                if self.metrics is not None:
+                    counter = (
+                        self.metrics.archive_errors
+                        if isinstance(exc, ArchiveUnavailable)
+                        else self.metrics.store_errors
+                    )
+                    counter.inc()
                 # Keep the batch: the same records are retried, none is dropped.
                 sessions, calls = _ids(batch)
                 log.warning(

@@ -181,9 +181,13 @@ class SessionStore(ABC):
 INTERNAL_PREFIX = "_"
 
 
+#: Compact JSON; one encoder for all calls (``json.dumps`` with separators builds one per call).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode_fields(values: Mapping[str, Any]) -> dict[str, str]:
     """Top-level session fields as JSON strings (one hash field each)."""
-    return {k: json.dumps(v, separators=(",", ":")) for k, v in values.items()}
+    return {k: _encode(v) for k, v in values.items()}
 
 
 def session_to_fields(session: Session) -> dict[str, str]:

@@ -9,7 +9,7 @@ values, which must round-trip exactly, and replaced by spaces in spoken text.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
 __all__ = [
     "CONTENT_TYPE",
+    "ConnectStreamTemplate",
     "busy",
     "connect_stream",
     "dial",
@@ -139,3 +140,41 @@ def dial(
     response = VoiceResponse()
     response.append(d)
     return _render(response)
+
+
+class ConnectStreamTemplate:
+    """``connect_stream`` for a fixed URL and parameter names, rendered once by the twilio
+    builder and then filled per call (the builder costs ~100 us a call; filling, ~2 us).
+
+    Values are escaped for an XML attribute and checked like ``connect_stream`` checks them.
+    """
+
+    def __init__(self, stream_url: str, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        markers = {name: f"@@vg-parameter-{i}@@" for i, name in enumerate(self.names)}
+        rendered = connect_stream(stream_url, markers)
+        self._parts: list[str] = []
+        rest = rendered
+        for name in self.names:
+            before, _, rest = rest.partition(markers[name])
+            self._parts.append(before)
+        self._parts.append(rest)
+
+    def render(self, values: Mapping[str, str]) -> str:
+        out = [self._parts[0]]
+        for i, name in enumerate(self.names):
+            out.append(_attribute(_check_xml_text(values[name], f"parameter {name!r}")))
+            out.append(self._parts[i + 1])
+        return "".join(out)
+
+
+def _attribute(value: str) -> str:
+    return (
+        value.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+        .replace("\n", "&#10;")
+        .replace("\r", "&#13;")
+        .replace("\t", "&#9;")
+    )

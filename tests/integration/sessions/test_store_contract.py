@@ -341,3 +341,15 @@ async def test_stream_end_grace_completes_as_completed_and_a_status_callback_win
     await lc.set_deadline(c.id, 10)
     assert await sweeper.sweep() == [c.id]
     assert (await lc.get(c.id)).end_reason is EndReason.EXPIRED
+
+
+def test_minted_ids_are_uuid4_and_land_in_the_call_sids_bucket() -> None:
+    import uuid as uuid_mod
+
+    for i in range(200):
+        call_sid = f"CA{i:032x}"
+        sid = mint_session_id(call_sid)
+        parsed = uuid_mod.UUID(sid)
+        assert parsed.version == 4 and str(parsed) == sid
+        assert bucket_of(sid) == bucket_of(call_sid)
+    assert len({mint_session_id("CAx") for _ in range(500)}) == 500

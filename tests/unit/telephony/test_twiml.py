@@ -164,3 +164,27 @@ def test_dial_caller_id_and_timeout() -> None:
 def test_dial_rejects_unknown_targets(target: str) -> None:
     with pytest.raises(ValueError):
         dial(target)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"session_id": "5b0c1f2e-4a3b-4c5d-9e8f-123456789012", "token": "AAAAAGsC.OLfPN-0P_g"},
+        {"session_id": 'a"b<c>&d', "token": "tab\there\nnewline 'quote' ü"},
+    ],
+)
+def test_connect_stream_template_renders_exactly_what_the_builder_does(
+    values: dict[str, str],
+) -> None:
+    from voice_gateway.telephony.twiml import ConnectStreamTemplate
+
+    url = "wss://gw.example.com/twilio/stream"
+    template = ConnectStreamTemplate(url, ["session_id", "token"])
+    rendered = template.render(values)
+    parsed = ET.fromstring(rendered)
+    params = {p.get("name"): p.get("value") for p in parsed.iter("Parameter")}
+    assert params == values
+    assert parsed.find("Connect/Stream").get("url") == url  # type: ignore[union-attr]
+    assert ET.fromstring(connect_stream(url, values)).find("Connect/Stream") is not None
+    with pytest.raises(ValueError):
+        template.render({"session_id": "bad\x01", "token": "t"})
