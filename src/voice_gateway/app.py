@@ -20,6 +20,7 @@ from voice_gateway.archive.archiver import Archiver
 from voice_gateway.archive.db import Archive
 from voice_gateway.errors import GatewayError
 from voice_gateway.metrics import Metrics
+from voice_gateway.ratelimit import rate_limit_middleware
 from voice_gateway.sessions.lifecycle import Lifecycle
 from voice_gateway.sessions.models import Session
 from voice_gateway.sessions.store import create_store
@@ -49,7 +50,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except GatewayError as exc:
         if exc.status >= 500:
             log.warning("%s %s failed: %s", request.method, request.path, exc.message)
-        return web.json_response(error_body(exc.type, exc.message, exc.details), status=exc.status)
+        headers = {"Retry-After": str(exc.details["retry_after"])} if exc.status == 429 else None
+        return web.json_response(
+            error_body(exc.type, exc.message, exc.details), status=exc.status, headers=headers
+        )
     except web.HTTPException as exc:
         if exc.status < 400 or exc.empty_body:
             raise
@@ -221,10 +225,16 @@ async def _loop_lag(metrics: Metrics, stop: asyncio.Event, interval: float = 0.5
 
 
 def create_app(settings: Settings) -> web.Application:
-    # The largest body any route takes; each route's own limit (Twilio webhooks:
-    # max_body_bytes, /v1: api_max_body_bytes) is enforced by the API's body-limit middleware.
+    # The largest body any route takes; each route enforces its own limit (Twilio webhooks:
+    # max_body_bytes -> 400; /v1: api_max_body_bytes -> 413).
+    limiter = rate_limit_middleware(
+        "/v1",
+        settings.api_rate_limit_per_second,
+        settings.api_rate_limit_burst,
+        settings.api_client_ip_header,
+    )
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, limiter],
         client_max_size=max(settings.max_body_bytes, settings.api_max_body_bytes),
     )
     app[appkeys.SETTINGS] = settings

@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(
         1024 * 1024, gt=0, description="largest request body of the REST API (/v1); 413 above"
     )
+    api_rate_limit_per_second: float = Field(50.0, gt=0, description="per client IP, /v1 only")
+    api_rate_limit_burst: int = Field(100, gt=0)
+    api_client_ip_header: str | None = Field(
+        None, description="behind a proxy: header with the caller's address (X-Forwarded-For)"
+    )
 
     # -- logging ----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
