@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from voice_gateway.errors import GatewayError
 
@@ -51,7 +52,7 @@ class TokenBuckets:
 
 def rate_limit_middleware(
     prefix: str, rate: float, burst: int, client_ip_header: str | None = None
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     buckets = TokenBuckets(rate, burst)
 
     @web.middleware
