@@ -220,8 +220,10 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _loop_lag(metrics: Metrics, stop: asyncio.Event, interval: float = 0.5) -> None:
     while not stop.is_set():
         start = time.perf_counter()
-        await asyncio.sleep(interval)
-        metrics.loop_lag.set(max(0.0, time.perf_counter() - start - interval))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if not stop.is_set():
+            metrics.loop_lag.set(max(0.0, time.perf_counter() - start - interval))
 
 
 def create_app(settings: Settings) -> web.Application:

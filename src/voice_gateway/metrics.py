@@ -19,10 +19,17 @@ class Metrics:
             "vg_calls_rejected", "incoming calls refused", ["reason"], registry=r
         )
         self.sessions_completed = Counter(
-            "vg_sessions_completed", "sessions completed by this instance", ["end_reason"], registry=r
+            "vg_sessions_completed",
+            "sessions completed by this instance",
+            ["end_reason"],
+            registry=r,
         )
         self.webhook_seconds = Histogram(
-            "vg_webhook_seconds", "webhook handling time", ["hook"], buckets=_LATENCY_BUCKETS, registry=r
+            "vg_webhook_seconds",
+            "webhook handling time",
+            ["hook"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.turn_response_seconds = Histogram(
             "vg_turn_response_seconds",

@@ -173,6 +173,22 @@ class Archiver:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    async def _fetch_unless_stopped(self, stop: asyncio.Event) -> list[CompletedEntry]:
+        """A blocking fetch that gives up as soon as ``stop`` is set. Entries a cancelled read
+        had already taken stay pending and are claimed again after ``claim_idle_ms``."""
+        fetch = asyncio.ensure_future(self._fetch(block_ms=self.block_ms, force_claim=False))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if fetch.done():
+            return fetch.result()
+        fetch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetch
+        return []
+
     async def run(self, stop: asyncio.Event) -> None:
         """Archive until ``stop`` is set (within about ``block_ms`` or one back-off step)."""
         log.info(
@@ -187,7 +203,7 @@ class Archiver:
         while not stop.is_set():
             try:
                 if not batch:
-                    batch = await self._fetch(block_ms=self.block_ms, force_claim=False)
+                    batch = await self._fetch_unless_stopped(stop)
                     if not batch:
                         continue
                 await self._write_and_ack(batch)
