@@ -158,6 +158,7 @@ class MediaStream:
             log.info("hang-up: call already ended call_sid=%s", self.call_sid)
         self._ended_by = end_reason
         if self.session is not None:
+            await self._record_stream_end()  # before completing, or the counters are lost
             await self.lifecycle.complete_if_active(self.session.id, end_reason)
         await self.ws.close(code=codec.CLOSE_NORMAL, message=b"hang-up")
 
@@ -166,6 +167,7 @@ class MediaStream:
         await twilio.redirect(self.call_sid, dial(target))
         self._ended_by = EndReason.TRANSFERRED
         if self.session is not None:
+            await self._record_stream_end()
             await self.lifecycle.complete_if_active(self.session.id, EndReason.TRANSFERRED)
 
     # -- the stream -------------------------------------------------------------------------
@@ -368,7 +370,19 @@ class MediaStream:
             self.frames_out,
             self.sequence_gaps,
         )
-        assert self.session.stream is not None
+        if self._ended_by is None:
+            # hang-up / transfer / shutdown recorded the end before completing the session.
+            await self._record_stream_end()
+            # The call completes on its status callback; if none comes in time, from here.
+            self.registry.complete_later(
+                self.session.id, self.settings.status_grace_seconds, self.call_sid
+            )
+        if not self.ws.closed:
+            await self.ws.close(code=codec.CLOSE_NORMAL)
+
+    async def _record_stream_end(self) -> None:
+        """Write the stream's final counters into the (still active) session."""
+        assert self.session is not None and self.session.stream is not None
         final = self.session.stream.model_copy(
             update={
                 "ended_at": utcnow(),
@@ -377,24 +391,19 @@ class MediaStream:
                 "sequence_gaps": self.sequence_gaps,
             }
         )
-        with contextlib.suppress(AlreadyCompleted, SessionNotFound):
-            try:
-                await self.lifecycle.attach_stream(self.session.id, final)
-            except GatewayError as exc:
-                log.warning(
-                    "could not record stream end: %s call_sid=%s", exc.message, self.call_sid
-                )
-        if self._ended_by is None:
-            # The call completes on its status callback; if none comes in time, from here.
-            self.registry.complete_later(
-                self.session.id, self.settings.status_grace_seconds, self.call_sid
+        try:
+            await self.lifecycle.attach_stream(self.session.id, final)
+        except (AlreadyCompleted, SessionNotFound):
+            log.info(
+                "stream end not recorded: session already completed call_sid=%s", self.call_sid
             )
-        if not self.ws.closed:
-            await self.ws.close(code=codec.CLOSE_NORMAL)
+        except GatewayError as exc:
+            log.warning("could not record stream end: %s call_sid=%s", exc.message, self.call_sid)
 
     async def shutdown(self) -> None:
         """Drain: end this call cleanly (the session completes; the socket says going-away)."""
         self._ended_by = EndReason.ERROR
         if self.session is not None:
+            await self._record_stream_end()
             await self.lifecycle.complete_if_active(self.session.id, EndReason.ERROR)
         await self.ws.close(code=codec.CLOSE_GOING_AWAY, message=b"gateway shutting down")

@@ -13,6 +13,8 @@ than a well-formed form, or over ``max_body_bytes``: 400.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -27,11 +29,12 @@ from voice_gateway.errors import AlreadyCompleted, Forbidden, ProtocolError, Ses
 from voice_gateway.logs import bind
 from voice_gateway.sessions.keys import mint_session_id
 from voice_gateway.sessions.models import Channel, Customer, EndReason, Session
+from voice_gateway.sessions.store import SessionStore
 from voice_gateway.settings import AgentConfig, Settings
 from voice_gateway.telephony.signature import SignatureValidator, public_url, stream_url
 from voice_gateway.telephony.stream import media_stream_handler
 from voice_gateway.telephony.tokens import issue_stream_token
-from voice_gateway.telephony.twiml import busy, connect_stream, say_and_hangup
+from voice_gateway.telephony.twiml import ConnectStreamTemplate, busy, say_and_hangup
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,10 @@ PROGRESS_STATUSES: Final = frozenset({"queued", "initiated", "ringing", "in-prog
 UNROUTED_AGENT: Final = "unrouted"
 UNROUTED_MESSAGE: Final = "Sorry, this number is not in service. Goodbye."
 XML: Final = "text/xml"
+#: Twilio posts the final status callback and sends the stream's ``stop`` independently, so the
+#: callback often arrives first. It waits up to this long for the stream handler to record the
+#: stream's end (its frame counters), which completing the session first would lose.
+STREAM_END_WAIT_SECONDS: Final = 2.0
 
 
 async def read_form(request: web.Request, settings: Settings) -> MultiDict[str]:
@@ -59,9 +66,16 @@ async def read_form(request: web.Request, settings: Settings) -> MultiDict[str]:
         raise ProtocolError(f"expected a form body, got {ctype or 'no content type'!r}")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise ProtocolError(f"body over {settings.max_body_bytes} bytes")
-    body = await request.content.read(settings.max_body_bytes + 1)
-    if len(body) > settings.max_body_bytes:
-        raise ProtocolError(f"body over {settings.max_body_bytes} bytes")
+    limit = settings.max_body_bytes
+    buf = bytearray()
+    while len(buf) <= limit:  # a body may arrive in several chunks: read to EOF or the limit
+        chunk = await request.content.read(limit + 1 - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    if len(buf) > limit:
+        raise ProtocolError(f"body over {limit} bytes")
+    body = bytes(buf)
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -176,8 +190,8 @@ async def voice_webhook(request: web.Request) -> web.Response:
         token = issue_stream_token(
             settings.stream_secret(), session.id, call_sid, settings.stream_token_ttl_seconds
         )
-        body = connect_stream(
-            stream_url(settings.public_url, STREAM_PATH), {"session_id": session.id, "token": token}
+        body = _stream_twiml(stream_url(settings.public_url, STREAM_PATH)).render(
+            {"session_id": session.id, "token": token}
         )
         return _twiml(body)
     finally:
@@ -201,6 +215,7 @@ async def status_callback(request: web.Request) -> web.Response:
         end_reason = TERMINAL_STATUSES.get(status)
         if end_reason is not None:
             duration = _duration(form.get("CallDuration"))
+            await _await_stream_end(lifecycle.store, session)
             try:
                 await lifecycle.complete(session.id, end_reason, duration=duration)
             except (AlreadyCompleted, SessionNotFound):
@@ -214,6 +229,28 @@ async def status_callback(request: web.Request) -> web.Response:
         return web.Response(status=204)
     finally:
         metrics.webhook_seconds.labels("status").observe(time.perf_counter() - started)
+
+
+async def _await_stream_end(store: SessionStore, session: Session) -> None:
+    """Wait (up to ``STREAM_END_WAIT_SECONDS``) while the session's stream is live."""
+    deadline = time.monotonic() + STREAM_END_WAIT_SECONDS
+    current: Session | None = session
+    while (
+        current is not None
+        and current.is_active
+        and current.stream is not None
+        and current.stream.ended_at is None
+    ):
+        if time.monotonic() >= deadline:
+            log.info("final status before the stream ended call_sid=%s", session.channel.sid)
+            return
+        await asyncio.sleep(0.02)
+        current = await store.get(session.id)
+
+
+@functools.lru_cache(maxsize=8)
+def _stream_twiml(url: str) -> ConnectStreamTemplate:
+    return ConnectStreamTemplate(url, ("session_id", "token"))
 
 
 def _duration(raw: str | None) -> float | None:
