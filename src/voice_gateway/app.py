@@ -158,7 +158,7 @@ def agent_bridge(app: web.Application, session: Session) -> CallBridge:
 async def _telephony_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[appkeys.SETTINGS]
     app[appkeys.AGENTS] = build_agents(settings.agents)
-    registry = CallRegistry(app[appkeys.LIFECYCLE])
+    registry = CallRegistry(app[appkeys.LIFECYCLE], lease_seconds=settings.call_lease_seconds)
     app[appkeys.CALLS] = registry
     twilio: TwilioRestClient | None = None
     if settings.twilio_account_sid and settings.twilio_auth_token:
@@ -168,8 +168,10 @@ async def _telephony_ctx(app: web.Application) -> AsyncIterator[None]:
             base_url=settings.twilio_api_base_url,
         )
     app[appkeys.TWILIO] = twilio
+    leases = asyncio.create_task(registry.renew_leases(app[appkeys.STOPPING]), name="leases")
     yield
-    await registry.close()
+    app[appkeys.STOPPING].set()
+    await leases
     if twilio is not None:
         await twilio.close()
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from voice_gateway.errors import ConfigError
 from voice_gateway.settings import Settings, load_settings
 
@@ -31,8 +33,6 @@ def _load(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from voice_gateway.app import create_app
     from voice_gateway.logs import setup_logging
 
@@ -44,16 +44,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.port,
         settings.public_url,
     )
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=settings.drain_timeout_seconds + 5,
-        handle_signals=True,
-    )
+    asyncio.run(serve(create_app(settings), settings.host, settings.port))
     return 0
+
+
+async def serve(app: web.Application, host: str, port: int) -> None:
+    """Run until SIGTERM/SIGINT, then drain: readiness goes false while the listener stays
+    open (new calls are refused with a busy signal, load balancers see /readyz fail), live
+    calls run up to ``drain_timeout_seconds``, the rest end going-away, and we return."""
+    from voice_gateway import appkeys
+
+    settings = app[appkeys.SETTINGS]
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("voice-gateway ready on http://%s:%d", host, port)
+        await stop.wait()
+        log.info("shutdown requested: draining (up to %.0fs)", settings.drain_timeout_seconds)
+        app[appkeys.DRAINING].set()
+        await app[appkeys.CALLS].drain(settings.drain_timeout_seconds)
+    finally:
+        await runner.cleanup()
+        log.info("voice-gateway stopped")
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:

@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, gt=0)
     max_frame_bytes: int = Field(64 * 1024, gt=0)
     max_concurrent_calls: int = Field(1000, gt=0)
+    call_lease_seconds: float = Field(
+        30.0,
+        ge=1,
+        description="a live call's lease: if its instance dies, a sweeper ends it this long after",
+    )
     drain_timeout_seconds: float = Field(
         30.0, ge=0, description="on SIGTERM, live calls may run this long before they are ended"
     )

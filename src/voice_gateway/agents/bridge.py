@@ -46,9 +46,9 @@ from voice_gateway.audio.endpointer import (
 )
 from voice_gateway.audio.g711 import pcm16_to_ulaw, ulaw_to_pcm16
 from voice_gateway.audio.resample import Resampler, resample_all
-from voice_gateway.errors import AgentError, GatewayError
+from voice_gateway.errors import AgentError, GatewayError, StoreUnavailable
 from voice_gateway.metrics import Metrics
-from voice_gateway.sessions.lifecycle import Lifecycle
+from voice_gateway.sessions.lifecycle import Lifecycle, with_retry
 from voice_gateway.sessions.models import EndReason, Message, Session
 from voice_gateway.settings import AgentConfig
 from voice_gateway.telephony.bridge import CallControl, CallInfo
@@ -56,6 +56,8 @@ from voice_gateway.telephony.bridge import CallControl, CallInfo
 log = logging.getLogger(__name__)
 
 PLAYOUT_SLACK_SECONDS = 5.0
+#: At the end of a call, history writes retry this long through a store outage.
+STOP_RETRY_SECONDS = 15.0
 
 
 def to_agent_audio(ulaw: bytes, fmt: AudioFormat) -> bytes:
@@ -186,7 +188,7 @@ class AgentBridge:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        await self._flush_history()
+        await self._flush_history(retry_budget=STOP_RETRY_SECONDS)
         if self.conversation is not None:
             with contextlib.suppress(Exception):
                 await self.conversation.close(reason)
@@ -428,16 +430,35 @@ class AgentBridge:
         except TimeoutError:
             log.warning("playback of %s not confirmed within %.1fs; going on", label, timeout)
 
-    async def _flush_history(self) -> None:
+    async def _flush_history(self, *, retry_budget: float = 0.0) -> None:
+        """Write pending history and counters. If the store is down, they stay pending for
+        the next flush (turn boundaries); the last flush retries for up to ``retry_budget``."""
         pending, self._pending = self._pending, []
         counters = {k: v for k, v in self._counters.items() if v}
         self._counters = dict.fromkeys(self._counters, 0)
+        sid = self.session.id
         try:
             if pending:
-                await self.lifecycle.append_messages(self.session.id, pending)
+                await with_retry(
+                    lambda: self.lifecycle.append_messages(sid, pending),
+                    what="history write",
+                    budget_seconds=retry_budget,
+                )
+                pending = []
             if counters:
-                await self.lifecycle.count(self.session.id, **counters)
-        except GatewayError as exc:
+                await with_retry(
+                    lambda: self.lifecycle.count(sid, **counters),
+                    what="counter write",
+                    budget_seconds=retry_budget,
+                )
+        except StoreUnavailable as exc:
+            log.warning(
+                "history kept for the next flush (%s): %d messages", exc.message, len(pending)
+            )
+            self._pending[:0] = pending
+            for key, value in counters.items():
+                self._counters[key] += value
+        except GatewayError as exc:  # the session was completed meanwhile: nowhere to write
             log.warning("history not recorded (%s): %d messages", exc.message, len(pending))
 
 

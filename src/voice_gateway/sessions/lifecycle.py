@@ -8,12 +8,13 @@ is already on the completed queue for the archiver when ``complete`` returns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from voice_gateway.errors import AlreadyCompleted, SessionNotFound
+from voice_gateway.errors import AlreadyCompleted, SessionNotFound, StoreUnavailable
 from voice_gateway.sessions.models import (
     CompletedSession,
     EndReason,
@@ -28,6 +29,31 @@ from voice_gateway.sessions.store import SessionStore
 log = logging.getLogger(__name__)
 
 CompletionListener = Callable[[CompletedSession], None]
+T = TypeVar("T")
+
+
+async def with_retry(
+    op: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    budget_seconds: float = 15.0,
+    first_delay: float = 0.1,
+) -> T:
+    """Run a state write, retrying with exponential backoff while the store is unavailable
+    (a Redis restart or failover), for up to ``budget_seconds``; then the error propagates.
+    For writes off the request path only: a webhook answers 503 instead of waiting."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_seconds
+    delay = first_delay
+    while True:
+        try:
+            return await op()
+        except StoreUnavailable as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("%s: store unavailable, retrying in %.1fs: %s", what, delay, exc.message)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 class Lifecycle:

@@ -1,4 +1,14 @@
-"""The calls this process carries: live streams, and completions awaiting a status callback."""
+"""The calls this process carries, and the leases that let any instance finish them.
+
+While a stream is live, its session's sweeper deadline is a **lease** (``call_lease_seconds``
+ahead, end reason ``error``) that this process renews for all its calls in one loop. If the
+process dies, the lease runs out and any instance's sweeper completes the session, unless
+Twilio's status callback (to any instance) completes it first with the real status.
+
+When a stream ends normally, the deadline becomes ``status_grace_seconds`` ahead with end
+reason ``completed``: the status callback normally wins; if it never comes, a sweeper ends the
+call from the stream's end. Nothing here is held only in this process's memory.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,7 @@ import contextlib
 import logging
 from typing import Protocol
 
+from voice_gateway.errors import AlreadyCompleted, GatewayError, SessionNotFound
 from voice_gateway.sessions.lifecycle import Lifecycle
 from voice_gateway.sessions.models import EndReason
 
@@ -18,11 +29,12 @@ class _Stream(Protocol):
 
 
 class CallRegistry:
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(self, lifecycle: Lifecycle, *, lease_seconds: float = 30.0) -> None:
         self._lifecycle = lifecycle
+        self.lease_seconds = lease_seconds
         self._streams: dict[str, _Stream] = {}
-        self._later: dict[str, asyncio.Task[None]] = {}
         self._idle = asyncio.Event()
+        self._idle.set()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -32,6 +44,7 @@ class CallRegistry:
         if session_id in self._streams:
             return False
         self._streams[session_id] = stream
+        self._idle.clear()
         return True
 
     def release(self, session_id: str, stream: _Stream) -> None:
@@ -40,37 +53,48 @@ class CallRegistry:
             if not self._streams:
                 self._idle.set()
 
-    def complete_later(self, session_id: str, delay: float, call_sid: str) -> None:
-        """Complete the session after ``delay`` s unless its status callback did it first."""
-        if session_id in self._later:
-            return
-        task = asyncio.create_task(self._complete_after(session_id, delay, call_sid))
-        self._later[session_id] = task
-        task.add_done_callback(lambda _t: self._later.pop(session_id, None))
+    async def lease(self, session_id: str) -> None:
+        """Hold (or renew) the session's lease: ended ``error`` if this process disappears."""
+        await self._lifecycle.set_deadline(session_id, self.lease_seconds, EndReason.ERROR)
 
-    async def _complete_after(self, session_id: str, delay: float, call_sid: str) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.sleep(delay)
-        record = await self._lifecycle.complete_if_active(session_id, EndReason.COMPLETED)
-        if record is not None:
-            log.info(
-                "no status callback within %.1fs: completed from the stream's end call_sid=%s",
-                delay,
-                call_sid,
-            )
+    async def stream_ended(self, session_id: str, grace: float, call_sid: str) -> None:
+        """Hand the session to the sweepers: ``completed`` after ``grace`` unless the status
+        callback completes it first. Retried briefly: if it never lands, the lease still ends
+        the call (as ``error``)."""
+        for attempt in range(3):
+            try:
+                await self._lifecycle.set_deadline(session_id, grace, EndReason.COMPLETED)
+                return
+            except (AlreadyCompleted, SessionNotFound):
+                return
+            except GatewayError as exc:
+                log.warning(
+                    "could not hand the ended call to the sweepers (try %d): %s call_sid=%s",
+                    attempt + 1,
+                    exc.message,
+                    call_sid,
+                )
+                await asyncio.sleep(0.2 * 2**attempt)
+
+    async def renew_leases(self, stop: asyncio.Event) -> None:
+        """Background loop: renew every live call's lease at a third of its length."""
+        interval = self.lease_seconds / 3
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            for session_id in list(self._streams):
+                try:
+                    await self.lease(session_id)
+                except (AlreadyCompleted, SessionNotFound):
+                    continue
+                except GatewayError as exc:
+                    log.warning("lease renewal failed, retrying next round: %s", exc.message)
+                    break
 
     async def drain(self, grace: float) -> None:
         """Let live calls run up to ``grace`` s, then end the rest (going-away)."""
         if self._streams:
-            self._idle.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace)
         for stream in list(self._streams.values()):
             await stream.shutdown()
-
-    async def close(self) -> None:
-        """Shutdown: completions still waiting for a status callback happen now."""
-        for task in list(self._later.values()):
-            task.cancel()  # _complete_after swallows the cancel and completes at once
-        if self._later:
-            await asyncio.gather(*self._later.values(), return_exceptions=True)

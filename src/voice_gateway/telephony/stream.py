@@ -31,6 +31,7 @@ from voice_gateway.errors import (
     TwilioRestError,
 )
 from voice_gateway.logs import bind
+from voice_gateway.sessions.lifecycle import with_retry
 from voice_gateway.sessions.models import EndReason, Session, StreamInfo, utcnow
 from voice_gateway.telephony import media as codec
 from voice_gateway.telephony.bridge import CallBridge, CallInfo, SilentBridge
@@ -144,6 +145,14 @@ class MediaStream:
     def clock_ms(self) -> int:
         return self._clock_ms
 
+    async def _complete(self, end_reason: EndReason) -> None:
+        """Complete this call's session, retrying through a short store outage."""
+        assert self.session is not None
+        sid = self.session.id
+        await with_retry(
+            lambda: self.lifecycle.complete_if_active(sid, end_reason), what="completion"
+        )
+
     def _twilio(self) -> TwilioRestClient:
         twilio = self.app[appkeys.TWILIO]
         if twilio is None:
@@ -159,7 +168,7 @@ class MediaStream:
         self._ended_by = end_reason
         if self.session is not None:
             await self._record_stream_end()  # before completing, or the counters are lost
-            await self.lifecycle.complete_if_active(self.session.id, end_reason)
+            await self._complete(end_reason)
         await self.ws.close(code=codec.CLOSE_NORMAL, message=b"hang-up")
 
     async def transfer(self, target: str) -> None:
@@ -168,7 +177,7 @@ class MediaStream:
         self._ended_by = EndReason.TRANSFERRED
         if self.session is not None:
             await self._record_stream_end()
-            await self.lifecycle.complete_if_active(self.session.id, EndReason.TRANSFERRED)
+            await self._complete(EndReason.TRANSFERRED)
 
     # -- the stream -------------------------------------------------------------------------
 
@@ -239,6 +248,12 @@ class MediaStream:
             self.registry.release(session_id, self)
             raise _Refused(codec.CLOSE_DUPLICATE_STREAM, "the call already has a live stream")
         self.session = session.model_copy(update={"stream": info})
+        try:
+            await self.registry.lease(session_id)
+        except GatewayError as exc:  # the renewal loop tries again; the call goes on
+            log.warning(
+                "could not take the call's lease: %s call_sid=%s", exc.message, self.call_sid
+            )
         self.encoder = codec.OutboundEncoder(start.stream_sid)
         self.metrics.calls_active.inc()
         log.info("media stream started call_sid=%s stream_sid=%s", start.call_sid, start.stream_sid)
@@ -373,8 +388,9 @@ class MediaStream:
         if self._ended_by is None:
             # hang-up / transfer / shutdown recorded the end before completing the session.
             await self._record_stream_end()
-            # The call completes on its status callback; if none comes in time, from here.
-            self.registry.complete_later(
+            # The call completes on its status callback; if none comes in time, a sweeper
+            # (of any instance) completes it from here.
+            await self.registry.stream_ended(
                 self.session.id, self.settings.status_grace_seconds, self.call_sid
             )
         if not self.ws.closed:
@@ -391,8 +407,11 @@ class MediaStream:
                 "sequence_gaps": self.sequence_gaps,
             }
         )
+        sid = self.session.id
         try:
-            await self.lifecycle.attach_stream(self.session.id, final)
+            await with_retry(
+                lambda: self.lifecycle.attach_stream(sid, final), what="stream end record"
+            )
         except (AlreadyCompleted, SessionNotFound):
             log.info(
                 "stream end not recorded: session already completed call_sid=%s", self.call_sid
@@ -401,9 +420,15 @@ class MediaStream:
             log.warning("could not record stream end: %s call_sid=%s", exc.message, self.call_sid)
 
     async def shutdown(self) -> None:
-        """Drain: end this call cleanly (the session completes; the socket says going-away)."""
+        """Drain timeout: end this call cleanly. The stream end and the reason go into the
+        session (history event, end reason ``error``), then the socket closes going-away."""
         self._ended_by = EndReason.ERROR
         if self.session is not None:
+            await self.bridge.stop("gateway shutting down")
             await self._record_stream_end()
-            await self.lifecycle.complete_if_active(self.session.id, EndReason.ERROR)
+            with contextlib.suppress(AlreadyCompleted, SessionNotFound, GatewayError):
+                await self.lifecycle.append_message(
+                    self.session.id, "event", "call ended by gateway shutdown (drain timeout)"
+                )
+            await self._complete(EndReason.ERROR)
         await self.ws.close(code=codec.CLOSE_GOING_AWAY, message=b"gateway shutting down")
