@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -75,13 +76,15 @@ async def serve(app: web.Application, host: str, port: int) -> None:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from voice_gateway.archive.db import redact_url
+
     settings = _load(args)
     source = args.config or "embedded defaults / environment"
     print(f"{source}: OK")
     print(f"  public URL: {settings.public_url}")
     print(f"  listen: {settings.host}:{settings.port}")
     print(f"  store: {'redis' if settings.redis_url else 'in-memory (embedded)'}")
-    print(f"  archive: {_redact_url(settings.archive_url.get_secret_value())}")
+    print(f"  archive: {redact_url(settings.archive_url.get_secret_value())}")
     print(f"  agents: {', '.join(a.id for a in settings.agents)}")
     print(f"  numbers: {len(settings.numbers)} routed; fallback agent: {settings.fallback_agent}")
     if settings.twilio_auth_token is None:
@@ -89,16 +92,6 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             "  warning: no Twilio auth token: every signed webhook will be refused", file=sys.stderr
         )
     return 0
-
-
-def _redact_url(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -202,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `voice-gateway export | head`: the reader left
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
