@@ -162,26 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(archiver)
     archiver.set_defaults(func=cmd_archiver)
 
-    for register in _extensions():
-        register(sub, _config_arg)
+    from voice_gateway.api.keys import register as register_keys
+    from voice_gateway.sim.cli import register as register_simulate
+
+    register_simulate(sub, _config_arg)
+    register_keys(sub, _config_arg)
     return parser
-
-
-def _extensions() -> list[Any]:
-    """Subcommands that live with their feature (simulate, keys)."""
-    out: list[Any] = []
-    for module, attr in (
-        ("voice_gateway.sim.cli", "register"),
-        ("voice_gateway.api.keys", "register"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[attr])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        out.append(getattr(mod, attr))
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
