@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # -- state ------------------------------------------------------------------------------
     redis_url: SecretStr | None = Field(None, description="unset = embedded in-memory store")
     redis_prefix: str = "vg:"
+    redis_max_connections: int = Field(
+        256, ge=8, description="connection pool size; busy commands wait for a connection"
+    )
     archive_url: SecretStr = Field(
         SecretStr("sqlite:///./var/archive.db"),
         description="sqlite:///path or postgresql://user@host/db",

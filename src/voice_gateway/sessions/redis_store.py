@@ -105,8 +105,12 @@ class RedisSessionStore(SessionStore):
         prefix: str = "vg:",
         expiry_grace: int = 300,
         completed_retention: int = 3600,
+        max_connections: int = 256,
     ) -> RedisSessionStore:
-        """``redis://`` or ``rediss://`` for one server; ``redis+cluster://`` for a cluster."""
+        """``redis://`` or ``rediss://`` for one server; ``redis+cluster://`` for a cluster.
+
+        Connections come from a bounded pool; when all are busy a command waits for one (up
+        to the socket timeout) instead of failing, so a burst of calls queues briefly."""
         common: dict[str, Any] = {
             "decode_responses": True,
             "socket_timeout": 5.0,
@@ -116,10 +120,15 @@ class RedisSessionStore(SessionStore):
         client: RedisClient
         if url.startswith("redis+cluster://"):
             client = RedisCluster.from_url(
-                "redis://" + url.removeprefix("redis+cluster://"), **common
+                "redis://" + url.removeprefix("redis+cluster://"),
+                max_connections=max_connections,
+                **common,
             )
         else:
-            client = aioredis.Redis.from_url(url, **common)
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=common["socket_timeout"], **common
+            )
+            client = aioredis.Redis(connection_pool=pool)
         return cls(
             client,
             prefix=prefix,

@@ -224,6 +224,7 @@ def create_store(settings: Settings, *, prefix: str | None = None) -> SessionSto
             prefix=prefix if prefix is not None else settings.redis_prefix,
             expiry_grace=settings.expiry_grace_seconds,
             completed_retention=settings.completed_retention_seconds,
+            max_connections=settings.redis_max_connections,
         )
     from voice_gateway.sessions.memory_store import MemorySessionStore
 

@@ -353,3 +353,14 @@ def test_minted_ids_are_uuid4_and_land_in_the_call_sids_bucket() -> None:
         assert parsed.version == 4 and str(parsed) == sid
         assert bucket_of(sid) == bucket_of(call_sid)
     assert len({mint_session_id("CAx") for _ in range(500)}) == 500
+
+
+async def test_a_burst_larger_than_the_pool_waits_instead_of_failing(redis_prefix: str) -> None:
+    small = RedisSessionStore.from_url(REDIS_URL, prefix=redis_prefix, max_connections=8)
+    try:
+        sessions = [call_session(f"CA{i:032x}") for i in range(200)]
+        await asyncio.gather(*(small.create(s) for s in sessions))
+        got = await asyncio.gather(*(small.get(s.id) for s in sessions))
+        assert all(g is not None for g in got)
+    finally:
+        await small.close()
