@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             gw.stop()
     print_table(
-        "concurrent calls, echo agent, Redis state, default VAD (gateway on core 0, simulator on core 1)",
+        "concurrent calls: echo agent, Redis state, default VAD; gateway core 0, simulator core 1",
         [{k: v for k, v in r.items() if k != "errors"} for r in rows],
     )
     path = write_json(
