@@ -162,6 +162,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024, gt=0)
     max_frame_bytes: int = Field(64 * 1024, gt=0)
     max_concurrent_calls: int = Field(1000, gt=0)
+    outbound_frame_ms: int = Field(
+        20,
+        ge=20,
+        le=1000,
+        multiple_of=20,
+        description="agent audio per media message: 20 ms frames, or longer to send fewer",
+    )
     call_lease_seconds: float = Field(
         30.0,
         ge=1,

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL = 0.2
 BACKOFF_MAX = 5.0
+#: On stop, the archiver writes what is already queued for up to this long.
+FINAL_PASS_SECONDS = 5.0
 
 
 def _ids(entries: Sequence[CompletedEntry]) -> tuple[str, str]:
@@ -243,6 +245,7 @@ class Archiver:
                 batch = []
             await _pause(stop, delay)
             delay = min(delay * 2, BACKOFF_MAX)
+        batch = await self._final_pass(batch)
         if batch:
             sessions, _ = _ids(batch)
             log.info(
@@ -253,6 +256,32 @@ class Archiver:
                 sessions,
             )
         log.info("archiver stopped consumer=%s written=%d", self.consumer, self.written)
+
+    async def _final_pass(self, batch: list[CompletedEntry]) -> list[CompletedEntry]:
+        """On stop: write the batch held and what is waiting in the queue now, once each, with
+        no blocking and no retry. A draining instance completes its last calls just before its
+        archiver stops; without this pass their records would wait for another archiver (or
+        for this instance to come back). Returns what could not be written (left pending)."""
+        deadline = time.monotonic() + FINAL_PASS_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                if not batch:
+                    batch = await self.store.read_completed(
+                        self.consumer, self.batch_size, block_ms=0
+                    )
+                    if not batch:
+                        break
+                await self._write_and_ack(batch)
+                batch = []
+        except (ArchiveUnavailable, StoreUnavailable) as exc:
+            log.warning(
+                "archiver could not write its last records before stopping: %s consumer=%s",
+                exc.message,
+                self.consumer,
+            )
+        except Exception:
+            log.exception("archiver final pass failed consumer=%s", self.consumer)
+        return batch
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

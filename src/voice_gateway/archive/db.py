@@ -16,11 +16,14 @@ Messages never carry the password of the archive URL (``redact_url``), nor SQL p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -226,6 +229,192 @@ def _message_row(session_id: str, seq: int, message: Message) -> dict[str, Any]:
         "turn_id": message.turn_id,
         "metadata": message.metadata,
     }
+
+
+# -- analytics export: rows rendered by the database -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CsvDialect:
+    """How the database writes the analytics rows of a chunk as CSV, for a CSV parser.
+
+    One line per row, ``\\n`` between lines, fields separated by ``,`` in ``ANALYTICS_COLUMNS``
+    order. Text is always quoted with ``quote`` (doubled inside) and may span lines; a missing
+    value is one of ``nulls``, unquoted (a quoted value is never missing). Times are naive UTC
+    (``YYYY-MM-DD HH:MM:SS[.ffffff]``), flags ``true`` / ``false``, counters decimal, and the
+    duration has the digits that parse back to the exact stored double.
+    """
+
+    quote: str
+    nulls: tuple[str, ...]
+    true: str
+    false: str
+
+
+#: SQLite: ``printf``'s ``%Q`` (``'it''s'``, ``NULL``), times as stored, flags 0/1.
+SQLITE_CSV = CsvDialect(quote="'", nulls=("NULL", ""), true="1", false="0")
+#: PostgreSQL: ``COPY ... (FORMAT csv)`` (``"a ""b"""``, empty for NULL), flags t/f.
+POSTGRES_CSV = CsvDialect(quote='"', nulls=("",), true="t", false="f")
+
+
+@dataclass(frozen=True, slots=True)
+class AnalyticsChunk:
+    """One batch of analytics rows, as CSV the database wrote (``csv``) or typed (``records``).
+
+    ``records`` (the ``iter_analytics_rows`` form) stands in for a batch the database cannot
+    write exactly: on SQLite, a duration whose 17 digits do not read back as the same double.
+    """
+
+    rows: int
+    csv: bytes | None = None
+    records: list[dict[str, Any]] | None = None
+
+
+#: ``sessions`` columns of the analytics row, in ``ANALYTICS_COLUMNS`` order.
+_EXPORT_COLUMNS: tuple[str, ...] = tuple(column for _, column in sc.ANALYTICS_SOURCE)
+_EXPORT_TIMES = frozenset({"created_at", "ended_at"})
+_EXPORT_PLAIN = frozenset({"is_legacy", "is_test", "turns", "message_count", "interruptions"})
+#: A batch boundary: the (created_at, id) of its last row, in the driver's form (SQLite: the
+#: stored text; PostgreSQL: an aware datetime).
+_Key = tuple[Any, str]
+
+
+def _sqlite_time(value: datetime) -> str:
+    """An aware time as the archive stores it on SQLite (SQLAlchemy's fixed-width UTC text)."""
+    v = value.astimezone(UTC)
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+    )
+
+
+def _sqlite_line() -> str:
+    """One row as a line of ``SQLITE_CSV`` (one ``printf`` per row: the cheapest way found)."""
+    formats: list[str] = []
+    values: list[str] = []
+    for column in _EXPORT_COLUMNS:
+        if column == "duration":
+            formats.append("%s")
+            values.append("CASE WHEN duration IS NULL THEN '' ELSE printf('%!.17g', duration) END")
+        elif column in _EXPORT_TIMES or column in _EXPORT_PLAIN:
+            formats.append("%s")
+            values.append(column)
+        else:
+            formats.append("%Q")
+            values.append(column)
+    return f"printf('{','.join(formats)}', {', '.join(values)})"
+
+
+#: Whether the row's duration reads back from its 17 digits as the same double.
+_SQLITE_EXACT = "(duration IS NULL OR CAST(printf('%!.17g', duration) AS REAL) = duration)"
+
+
+def _postgres_columns() -> str:
+    out = []
+    for column in _EXPORT_COLUMNS:
+        out.append(f"{column} AT TIME ZONE 'UTC'" if column in _EXPORT_TIMES else column)
+    return ", ".join(out)
+
+
+def _pg_literal(value: Any) -> str:
+    """A PostgreSQL literal for a key or filter value (COPY takes no parameters)."""
+    if isinstance(value, datetime):
+        return f"'{value.astimezone(UTC).isoformat()}'::timestamptz"
+    text = str(value)
+    n = 0
+    while (text + f"$v{n}$").find(f"$v{n}$") != len(text):  # the tag must close only at the end
+        n += 1
+    return f"$v{n}${text}$v{n}$"
+
+
+class _ExportQuery:
+    """The SQL of the export's fast path for one backend and one set of filters."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        schema: str | None,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        agent_id: str | None,
+        org_id: str | None,
+        exclude_test: bool,
+        exclude_legacy: bool,
+    ) -> None:
+        self.backend = backend
+        self.filters: dict[str, Any] = {
+            "since": since,
+            "until": until,
+            "agent_id": agent_id,
+            "org_id": org_id,
+            "exclude_test": exclude_test,
+            "exclude_legacy": exclude_legacy,
+        }
+        name = "sessions"
+        if schema is not None:
+            name = '"' + schema.replace('"', '""') + '".sessions'
+        self.table = name
+        self._filters: list[tuple[str, Any]] = []
+        if _aware("since", since) is not None:
+            self._filters.append(("created_at >= {}", since))
+        if _aware("until", until) is not None:
+            self._filters.append(("created_at < {}", until))
+        if agent_id is not None:
+            self._filters.append(("agent_id = {}", agent_id))
+        if org_id is not None:
+            self._filters.append(("org_id = {}", org_id))
+        self._flags: list[str] = []
+        if exclude_test:
+            self._flags.append("NOT is_test")
+        if exclude_legacy:
+            self._flags.append("NOT is_legacy")
+
+    def where(
+        self, after: _Key | None, upto: _Key | None, *, inline: bool = False
+    ) -> tuple[str, list[Any]]:
+        """``WHERE ...`` for the filters and the key range ``(after, upto]``, and its parameters
+        (``?`` on SQLite, ``$n`` on PostgreSQL; ``inline`` writes literals instead)."""
+        params: list[Any] = []
+
+        def p(value: Any) -> str:
+            if self.backend == "sqlite" and isinstance(value, datetime):
+                value = _sqlite_time(value)
+            if inline:
+                return _pg_literal(value)
+            params.append(value)
+            return "?" if self.backend == "sqlite" else f"${len(params)}"
+
+        conditions = [template.format(p(value)) for template, value in self._filters]
+        conditions += self._flags
+        if after is not None:
+            conditions.append(f"(created_at, id) > ({p(after[0])}, {p(after[1])})")
+        if upto is not None:
+            conditions.append(f"(created_at, id) <= ({p(upto[0])}, {p(upto[1])})")
+        return (" WHERE " + " AND ".join(conditions)) if conditions else "", params
+
+    def bound(self, after: _Key | None, batch_size: int) -> tuple[str, list[Any]]:
+        """The key of the ``batch_size``-th matching row after ``after`` (none: fewer left)."""
+        where, params = self.where(after, None)
+        sql = (
+            f"SELECT created_at, id FROM {self.table}{where} "
+            f"ORDER BY created_at, id LIMIT 1 OFFSET {int(batch_size) - 1}"
+        )
+        return sql, params
+
+    def sqlite_chunk(self, after: _Key | None, upto: _Key | None) -> tuple[str, list[Any]]:
+        where, params = self.where(after, upto)
+        sql = (
+            "SELECT CAST(group_concat(line, char(10)) AS BLOB), count(*), min(exact) FROM ("
+            f"SELECT {_sqlite_line()} AS line, {_SQLITE_EXACT} AS exact FROM {self.table}{where} "
+            "ORDER BY created_at, id)"
+        )
+        return sql, params
+
+    def postgres_select(self, after: _Key | None, upto: _Key | None) -> str:
+        """The SELECT to ``COPY ... TO STDOUT (FORMAT csv)``, its values written inline."""
+        where, _ = self.where(after, upto, inline=True)
+        return f"SELECT {_postgres_columns()} FROM {self.table}{where} ORDER BY created_at, id"
 
 
 class Archive:
@@ -763,6 +952,129 @@ class Archive:
                 return
             last = rows[-1]
             after = (last[0], last[1])
+
+    @property
+    def analytics_csv(self) -> CsvDialect:
+        """The CSV dialect of ``AnalyticsChunk.csv`` on this archive's backend."""
+        return SQLITE_CSV if self.backend == "sqlite" else POSTGRES_CSV
+
+    async def iter_analytics_chunks(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        agent_id: str | None = None,
+        org_id: str | None = None,
+        exclude_test: bool = False,
+        exclude_legacy: bool = False,
+        batch_size: int = 10_000,
+        parallel: int = 2,
+    ) -> AsyncIterator[AnalyticsChunk]:
+        """The rows of ``iter_analytics_rows`` (same filters, same order), written as CSV by the
+        database (``analytics_csv``), in chunks of about ``batch_size`` rows.
+
+        This is the export's fast path: no Python object per value. Each chunk is the key range
+        ``(last key of the previous chunk, last key of this one]``: a cheap indexed query finds
+        where a chunk ends, then up to ``parallel`` chunks are written by the database at once
+        (separate connections; SQLite releases the GIL while it works), handed out in order.
+        Every query is short and on its own (no transaction spans chunks), so a session
+        archived during the export is in it or not, but never twice, and nothing is skipped.
+        Close the iterator (``contextlib.aclosing``) when stopping early.
+        """
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        if parallel <= 0:
+            raise ValueError("parallel must be positive")
+        query = _ExportQuery(
+            self.backend,
+            self.schema,
+            since=since,
+            until=until,
+            agent_id=agent_id,
+            org_id=org_id,
+            exclude_test=exclude_test,
+            exclude_legacy=exclude_legacy,
+        )
+        pending: deque[asyncio.Task[AnalyticsChunk]] = deque()
+        after: _Key | None = None
+        more = True
+        try:
+            while True:
+                while more and len(pending) < parallel:
+                    upto = await self._export_bound(query, after, batch_size)
+                    pending.append(asyncio.create_task(self._export_chunk(query, after, upto)))
+                    after, more = upto, upto is not None
+                if not pending:
+                    return
+                chunk = await pending.popleft()
+                if chunk.rows:
+                    yield chunk
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _export_bound(
+        self, query: _ExportQuery, after: _Key | None, batch_size: int
+    ) -> _Key | None:
+        sql, params = query.bound(after, batch_size)
+        async with self._guard("export"), self._transaction(write=False) as conn:
+            row: Any = (await conn.exec_driver_sql(sql, tuple(params))).first()
+        return None if row is None else (row[0], row[1])
+
+    async def _export_chunk(
+        self, query: _ExportQuery, after: _Key | None, upto: _Key | None
+    ) -> AnalyticsChunk:
+        async with self._guard("export"), self._transaction(write=False) as conn:
+            if self.backend == "sqlite":
+                sql, params = query.sqlite_chunk(after, upto)
+                found: Any = (await conn.exec_driver_sql(sql, tuple(params))).one()
+                data, rows, exact = found
+                if not rows:
+                    return AnalyticsChunk(0)
+                if exact:
+                    return AnalyticsChunk(int(rows), csv=bytes(data))
+                # A duration SQLite cannot write exactly: this chunk goes typed.
+                records = await self._analytics_records(conn, query, after, upto)
+                return AnalyticsChunk(len(records), records=records)
+            # PostgreSQL: COPY writes CSV in C. Pin the settings its text depends on.
+            await conn.exec_driver_sql(
+                "SELECT set_config('datestyle', 'ISO, YMD', true), "
+                "set_config('extra_float_digits', '3', true)"
+            )
+            raw = await conn.get_raw_connection()
+            parts: list[bytes] = []
+
+            async def sink(data: bytes) -> None:
+                parts.append(data)
+
+            status = await raw.driver_connection.copy_from_query(  # type: ignore[union-attr]
+                query.postgres_select(after, upto), output=sink, format="csv"
+            )
+            rows = int(str(status).rsplit(" ", 1)[-1])
+            return AnalyticsChunk(rows, csv=b"".join(parts)) if rows else AnalyticsChunk(0)
+
+    async def _analytics_records(
+        self, conn: AsyncConnection, query: _ExportQuery, after: _Key | None, upto: _Key | None
+    ) -> list[dict[str, Any]]:
+        """The typed rows of a chunk's key range (SQLite keys are the stored text)."""
+        c = sc.sessions.c
+        stmt = select(*[c[column] for column in _EXPORT_COLUMNS]).where(
+            *self._analytics_filters(**query.filters)
+        )
+        for key, newer in ((after, True), (upto, False)):
+            if key is None:
+                continue
+            at = key[0]
+            if isinstance(at, str):
+                at = datetime.fromisoformat(at).replace(tzinfo=UTC)
+            if newer:
+                stmt = stmt.where(or_(c.created_at > at, and_(c.created_at == at, c.id > key[1])))
+            else:
+                stmt = stmt.where(or_(c.created_at < at, and_(c.created_at == at, c.id <= key[1])))
+        stmt = stmt.order_by(c.created_at, c.id)
+        rows = (await conn.execute(stmt)).all()
+        return [dict(zip(ANALYTICS_COLUMNS, row, strict=True)) for row in rows]
 
     # -- the archive itself ---------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from voice_gateway.errors import AlreadyCompleted, SessionNotFound, StoreUnavailable
 from voice_gateway.sessions import scripts
@@ -125,8 +127,16 @@ class RedisSessionStore(SessionStore):
                 **common,
             )
         else:
+            # A connection idle in the pool across a Redis restart is dead; the first command
+            # on it fails with "Connection closed by server" (redis-py's pools get no retry by
+            # default). Retry such a command once, on a fresh connection.
             pool = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=common["socket_timeout"], **common
+                url,
+                max_connections=max_connections,
+                timeout=common["socket_timeout"],
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[redis_errors.ConnectionError],
+                **common,
             )
             client = aioredis.Redis(connection_pool=pool)
         return cls(

@@ -51,7 +51,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 
+import orjson
+
 from voice_gateway.errors import PayloadTooLarge, ProtocolError
+
+# orjson: the same Python values as json.loads, about three times faster on a media frame, and
+# stricter (no NaN/Infinity literals, no lone surrogates), which a Twilio frame never has.
+_loads = orjson.loads
 
 __all__ = [
     "CLOSE_BAD_STREAM_TOKEN",
@@ -281,8 +287,8 @@ def _load(message: str | bytes, max_bytes: int) -> dict[str, Any]:
     else:
         raise ProtocolError(f"message must be str or bytes, not {type(message).__name__}")
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
+        data = _loads(text)
+    except (ValueError, RecursionError):  # orjson.JSONDecodeError is a ValueError
         raise ProtocolError("message is not valid JSON") from None
     if type(data) is not dict:
         kind = _JSON_TYPE_NAMES.get(type(data), type(data).__name__)

@@ -35,15 +35,21 @@ class Playback:
         "_marks",
         "_seq",
         "_since_mark",
+        "chunk_bytes",
         "lead_ms",
         "mark_every",
         "played_ms",
         "sent_ms",
     )
 
-    def __init__(self, *, lead_ms: int = 400, mark_every: int = 5) -> None:
-        self.lead_ms = lead_ms
-        self.mark_every = mark_every
+    def __init__(self, *, lead_ms: int = 400, frame_ms: int = FRAME_MS, mark_ms: int = 100) -> None:
+        """``frame_ms``: audio per outbound media message (20 ms frames by default; Twilio
+        takes longer payloads too, which costs fewer messages). ``mark_ms``: clock-mark spacing."""
+        if frame_ms % FRAME_MS or frame_ms <= 0:
+            raise ValueError("frame_ms must be a positive multiple of 20")
+        self.lead_ms = max(lead_ms, 2 * frame_ms)
+        self.chunk_bytes = frame_ms * FRAME_BYTES // FRAME_MS
+        self.mark_every = max(1, mark_ms // frame_ms)
         self._buf = bytearray()
         self._marks: deque[_PendingMark] = deque()
         self._labels_waiting: list[tuple[int, str]] = []
@@ -82,8 +88,8 @@ class Playback:
         while self._buf and self.sent_ms - self.played_ms < self.lead_ms:
             # a labelled mark due at the start of the buffer goes out before more audio
             self._emit_labels(out)
-            chunk = bytes(self._buf[:FRAME_BYTES])
-            del self._buf[:FRAME_BYTES]
+            chunk = bytes(self._buf[: self.chunk_bytes])
+            del self._buf[: self.chunk_bytes]
             self._labels_waiting = [
                 (max(0, pos - len(chunk)), lb) for pos, lb in self._labels_waiting
             ]

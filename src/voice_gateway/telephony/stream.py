@@ -94,7 +94,7 @@ class MediaStream:
         self.lifecycle = app[appkeys.LIFECYCLE]
         self.metrics = app[appkeys.METRICS]
         self.registry = app[appkeys.CALLS]
-        self.playback = Playback()
+        self.playback = Playback(frame_ms=self.settings.outbound_frame_ms)
         self.bridge: CallBridge = SilentBridge()
         self.session: Session | None = None
         self.call_sid = ""
