@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import print_table, write_json
-from benchmarks.gateway_proc import GatewayProcess, cpu_seconds, peak_rss_mb
+from benchmarks.gateway_proc import GatewayProcess, cpu_split, peak_rss_mb
 
 FIXTURE_UTTERANCES = 4
 LATE_P99_LIMIT_MS = 20.0
@@ -115,7 +115,7 @@ def run_wave(
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     shares = [calls // workers + (1 if i < calls % workers else 0) for i in range(workers)]
-    cpu0 = cpu_seconds(gw.pid)
+    user0, sys0 = cpu_split(gw.pid)
     started = time.perf_counter()
     procs = [
         ctx.Process(
@@ -134,7 +134,8 @@ def run_wave(
         p.join()
     wall = time.perf_counter() - started
     time.sleep(2.0)  # the status-callback grace and archiver finish their share of the work
-    cpu = cpu_seconds(gw.pid) - cpu0
+    user1, sys1 = cpu_split(gw.pid)
+    cpu = (user1 - user0) + (sys1 - sys0)
     latencies = [x for r in results for x in r["latencies"]]
     lateness = [x for r in results for x in r["lateness"]]
     audio_min = sum(r["audio_s"] for r in results) / 60
@@ -145,6 +146,7 @@ def run_wave(
         "calls": calls,
         "ok": sum(1 for r in results if r["ok"]),
         "cpu_s_per_call_min": cpu / audio_min if audio_min else float("nan"),
+        "sys_share": (sys1 - sys0) / cpu if cpu else float("nan"),
         "turn_p50_ms": pct(latencies, 50),
         "turn_p95_ms": pct(latencies, 95),
         "turn_p99_ms": pct(latencies, 99),
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="simulator processes")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds over which calls start")
     parser.add_argument("--seconds", type=float, default=None, help="loop/cut the audio to this")
+    parser.add_argument(
+        "--outbound-frame-ms", type=int, default=None, help="gateway setting outbound_frame_ms"
+    )
     parser.add_argument("--smoke", action="store_true", help="5 calls of 10 s: checks it works")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -175,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     multi_core = (os.cpu_count() or 1) > 1
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        gw = GatewayProcess(Path(tmp), cpu=0 if multi_core else None)
+        extra = {}
+        if args.outbound_frame_ms:
+            extra["VOICE_GATEWAY_OUTBOUND_FRAME_MS"] = str(args.outbound_frame_ms)
+        gw = GatewayProcess(Path(tmp), cpu=0 if multi_core else None, extra_env=extra)
         gw.start()
         try:
             for n in (int(x) for x in args.calls.split(",")):

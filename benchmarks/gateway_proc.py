@@ -27,11 +27,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process and its waited-for children (from /proc/PID/stat)."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process and its waited-for children (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    return (utime + stime + cutime + cstime) / CLK_TCK
+    return (utime + cutime) / CLK_TCK, (stime + cstime) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process and its waited-for children."""
+    return sum(cpu_split(pid))
 
 
 def peak_rss_mb(pid: int) -> float:
