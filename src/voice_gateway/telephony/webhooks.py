@@ -185,6 +185,13 @@ async def voice_webhook(request: web.Request) -> web.Response:
             return _twiml(say_and_hangup("Goodbye.") if agent else say_and_hangup(UNROUTED_MESSAGE))
         if created:
             metrics.calls_started.inc()
+            log.info(
+                "incoming call from %s to %s agent=%s call_sid=%s",
+                caller,
+                called,
+                session.agent_id,
+                call_sid,
+            )
         else:
             log.info("voice webhook retried: same session call_sid=%s", call_sid)
         token = issue_stream_token(
