@@ -13,17 +13,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.integration.archive.helpers import (
-    POSTGRES_URL,
-    REDIS_URL,
-    Backend,
-    delete_prefix,
-    drop_schema,
-)
+from tests.integration.archive.helpers import POSTGRES_URL, Backend, drop_schema
 
 from voice_gateway.archive.db import Archive
-from voice_gateway.sessions.memory_store import MemorySessionStore
-from voice_gateway.sessions.redis_store import RedisSessionStore
 from voice_gateway.sessions.store import SessionStore
 
 
@@ -66,26 +58,9 @@ async def pg_backend(pg_schema: str) -> AsyncIterator[Backend]:
 # -- session stores ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_prefix() -> str:
-    return f"test-{uuid.uuid4().hex}:"
-
-
-@pytest.fixture
-async def redis_store(redis_prefix: str) -> AsyncIterator[RedisSessionStore]:
-    store = RedisSessionStore.from_url(REDIS_URL, prefix=redis_prefix)
-    try:
-        yield store
-    finally:
-        await store.close()
-        await delete_prefix(redis_prefix)
-
-
-@pytest.fixture
-async def memory_store() -> AsyncIterator[MemorySessionStore]:
-    store = MemorySessionStore()
-    yield store
-    await store.close()
+# redis_prefix, redis_store and memory_store come from tests/conftest.py. The archiver tests
+# run on the two store kinds an archive deployment uses (the cluster is covered by the store
+# contract suite).
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import uuid
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-import redis.asyncio as aioredis
+from tests.conftest import POSTGRES_URL
 
 from voice_gateway.archive.db import Archive
 from voice_gateway.sessions.keys import mint_session_id
@@ -29,11 +28,6 @@ from voice_gateway.sessions.models import (
     SessionStatus,
     StreamInfo,
     Tool,
-)
-
-REDIS_URL = os.environ.get("VOICE_GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "VOICE_GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 
 
@@ -80,16 +74,6 @@ async def drop_schema(schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
-
-
-async def delete_prefix(prefix: str) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 T0 = datetime(2026, 1, 15, 12, 0, 0, 123456, tzinfo=UTC)

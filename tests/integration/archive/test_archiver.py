@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from tests.integration.archive.helpers import REDIS_URL, Backend, complete_calls, open_call
+from tests.conftest import REDIS_URL
+from tests.integration.archive.helpers import Backend, complete_calls, open_call
 
 from voice_gateway.archive.archiver import Archiver
 from voice_gateway.archive.db import Archive
