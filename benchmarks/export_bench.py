@@ -33,7 +33,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+import orjson
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from benchmarks.common import print_table, write_json
@@ -45,7 +46,6 @@ from voice_gateway.sessions.models import (
     EndReason,
     Session,
     SessionStatus,
-    rfc3339,
 )
 
 POSTGRES_URL = os.environ.get(
@@ -64,9 +64,10 @@ SUMMARIES = (
 def _fields(i: int) -> dict[str, Any]:
     """What varies from session to session (everything else is the template's)."""
     created = BASE + timedelta(seconds=i, microseconds=(i * 7919) % 1_000_000)
-    call_sid = f"CA{uuid.UUID(int=i).hex}"
+    ended = created + timedelta(seconds=95 + i % 60)
+    call_sid = f"CA{i:032x}"  # uuid.UUID(int=i).hex
     return {
-        "id": str(uuid.UUID(int=(1 << 122) | i, version=4)),
+        "id": f"04000000-0000-4000-8000-{i:012x}",  # uuid.UUID(int=(1 << 122) | i, version=4)
         "org_id": f"org-{i % 3}",
         "agent_id": f"agent-{i % 5}",
         "name": f"Call {i}, follow-up" if i % 4 == 1 else None,
@@ -75,8 +76,8 @@ def _fields(i: int) -> dict[str, Any]:
         "conversation_id": call_sid,
         "sid": call_sid,
         "created_at": created,
-        "updated_at": created + timedelta(seconds=95 + i % 60),
-        "ended_at": created + timedelta(seconds=95 + i % 60),
+        "updated_at": ended,
+        "ended_at": ended,
         "duration": None if i % 50 == 0 else 95.0 + (i % 60) + (i % 4) * 0.25,
         "is_test": i % 10 == 0,
         "is_legacy": i % 7 == 0,
@@ -122,26 +123,35 @@ def make_record(i: int) -> CompletedSession:
     return CompletedSession(session=session)
 
 
+def _utc_text(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z")  # rfc3339, UTC
+
+
 class RowMaker:
-    """``sessions`` rows for the bulk part of the seed, without a pydantic model per row."""
+    """``sessions`` rows for the bulk part of the seed, without a pydantic model per row: the
+    session JSON (``data``) is the template session's with the varying fields put in."""
+
+    COLUMNS = tuple(c.name for c in sc.sessions.c)
+    VARYING = (
+        "id", "org_id", "agent_id", "name", "summary", "user_id", "conversation_id",
+        "duration", "is_test", "is_legacy", "turns", "message_count", "interruptions",
+        "metadata",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.template = make_record(0).session.model_dump(mode="json")
         self.archived_at = datetime.now(UTC)
 
-    def __call__(self, i: int) -> dict[str, Any]:
+    def row(self, i: int) -> dict[str, Any]:
+        """The row as ``Archive.upsert`` writes it (Python values, as SQLAlchemy reads back)."""
         f = _fields(i)
-        doc = dict(self.template)
-        for key in (
-            "id", "org_id", "agent_id", "name", "summary", "user_id", "conversation_id",
-            "duration", "is_test", "is_legacy", "turns", "message_count", "interruptions",
-            "metadata",
-        ):  # fmt: skip
+        t = self.template
+        doc = dict(t)
+        for key in self.VARYING:
             doc[key] = f[key]
         for key in ("created_at", "updated_at", "ended_at"):
-            doc[key] = rfc3339(f[key])
-        doc["channel"] = {**self.template["channel"], "sid": f["sid"]}
-        t = self.template
+            doc[key] = _utc_text(f[key])
+        doc["channel"] = {**t["channel"], "sid": f["sid"]}
         return {
             "created_at": f["created_at"],
             "id": f["id"],
@@ -174,14 +184,58 @@ class RowMaker:
             "status": t["status"],
             "updated_at": f["updated_at"],
             "metadata": f["metadata"],
-            "data": json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
+            "data": orjson.dumps(doc).decode(),
             "archived_at": self.archived_at,
         }
 
+    def driver_values(self, i: int, backend: str) -> tuple[Any, ...]:
+        """The row in ``sessions`` column order, as the driver stores it (what SQLAlchemy's
+        types turn the Python values into: on SQLite naive UTC text, 0/1, JSON text)."""
+        row = self.row(i)
+        values = [row[name] for name in self.COLUMNS]
+        values[_METADATA] = orjson.dumps(values[_METADATA]).decode()
+        if backend == "sqlite":
+            for k in _TIMES:  # UTC already: SQLAlchemy's "YYYY-MM-DD HH:MM:SS.ffffff"
+                if values[k] is not None:
+                    values[k] = values[k].isoformat(" ", "microseconds")[:26]
+            for k in _FLAGS:
+                values[k] = int(values[k])
+        return tuple(values)
+
+
+_METADATA = RowMaker.COLUMNS.index("metadata")
+_TIMES = [k for k, c in enumerate(sc.sessions.c) if isinstance(c.type, sc.UtcDateTime)]
+_FLAGS = [RowMaker.COLUMNS.index("is_test"), RowMaker.COLUMNS.index("is_legacy")]
+
+
+async def _check_rows(engine: Any, make_row: RowMaker, ids: list[int]) -> None:
+    """The rows with these numbers must read back (through SQLAlchemy's types) exactly as
+    ``make_row.row`` builds them, ``data`` compared as JSON."""
+    columns = [c for c in sc.sessions.c if c.name != "archived_at"]
+    wanted = {make_row.row(i)["id"]: make_row.row(i) for i in ids}
+    async with engine.connect() as conn:
+        stmt = select(*columns).where(sc.sessions.c.id.in_(list(wanted)))
+        stored = (await conn.execute(stmt)).all()
+    if len(stored) != len(wanted):
+        raise AssertionError(f"seed check: {len(stored)} of {len(wanted)} rows found")
+    for got in stored:
+        want = wanted[got.id]
+        for column, value in zip(columns, got, strict=True):
+            expected = want[column.name]
+            if column.name == "data":
+                value, expected = json.loads(value), json.loads(expected)
+            if value != expected:
+                raise AssertionError(
+                    f"seed row {got.id} differs from Archive.upsert's in {column.name}: "
+                    f"{expected!r} != {value!r}"
+                )
+
 
 async def seed(
-    url: str, schema: str | None, rows: int, *, upsert_rows: int = 1000, batch: int = 20_000
+    url: str, schema: str | None, rows: int, *, upsert_rows: int = 1000, batch: int = 50_000
 ) -> float:
+    """``upsert_rows`` sessions through ``Archive.upsert``, the rest in bulk through the driver
+    (SQLite ``executemany``, PostgreSQL ``COPY``), checked to be the rows upsert would write."""
     started = time.perf_counter()
     archive = await Archive.open(url, schema=schema)  # creates / migrates the schema
     upserted = min(rows, upsert_rows)
@@ -191,33 +245,43 @@ async def seed(
     finally:
         await archive.close()
 
+    make_row = RowMaker()
     engine = create_async_engine(engine_url(url)[0])
     if schema is not None:
         engine = engine.execution_options(schema_translate_map={None: schema})
-    make_row = RowMaker()
+    backend = "sqlite" if url.startswith("sqlite") else "postgresql"
     try:
-        if upserted:  # the bulk rows must be what the archive's own write path writes
-            columns = [c for c in sc.sessions.c if c.name != "archived_at"]
-            async with engine.connect() as conn:
-                stored = (await conn.execute(select(*columns).where(sc.sessions.c.id.in_(
-                    [_fields(i)["id"] for i in range(min(upserted, 50))]
-                )).order_by(sc.sessions.c.created_at))).all()  # fmt: skip
-            for i, got in enumerate(stored):
-                want = make_row(i)
-                for column, value in zip(columns, got, strict=True):
-                    expected = want[column.name]
-                    if column.name == "data":
-                        value, expected = json.loads(value), json.loads(expected)
-                    if value != expected:
-                        raise AssertionError(
-                            f"bulk seed row {i} differs from Archive.upsert's in {column.name}: "
-                            f"{expected!r} != {value!r}"
-                        )
-        statement = insert(sc.sessions)
-        for start in range(upserted, rows, batch):
-            chunk = [make_row(i) for i in range(start, min(rows, start + batch))]
-            async with engine.begin() as conn:
-                await conn.execute(statement, chunk)
+        await _check_rows(engine, make_row, list(range(min(upserted, 50))))
+        async with engine.connect() as conn:
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            for start in range(upserted, rows, batch):
+                values = [
+                    make_row.driver_values(i, backend)
+                    for i in range(start, min(rows, start + batch))
+                ]
+                if backend == "sqlite":
+                    marks = ", ".join("?" * len(RowMaker.COLUMNS))
+                    names = ", ".join(RowMaker.COLUMNS)
+                    await raw.executemany(
+                        f"INSERT INTO sessions ({names}) VALUES ({marks})", values
+                    )
+                    await raw.commit()
+                else:
+                    await raw.copy_records_to_table(
+                        "sessions", records=values, columns=RowMaker.COLUMNS, schema_name=schema
+                    )
+        bulk = range(upserted, rows)
+        if bulk:
+            await _check_rows(engine, make_row, sorted({bulk[0], bulk[len(bulk) // 2], bulk[-1]}))
+        # The steady state of an archive that grew over time: PostgreSQL's autovacuum has
+        # been through it, SQLite's write-ahead log has been checkpointed.
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            if backend == "postgresql":
+                table = "sessions" if schema is None else f'"{schema}".sessions'
+                await raw.execute(f"VACUUM (ANALYZE) {table}")
+            else:
+                await raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         await engine.dispose()
     return time.perf_counter() - started
@@ -233,17 +297,37 @@ async def drop_schema(schema: str) -> None:
         await conn.close()
 
 
+#: Runs ``voice-gateway export`` in this interpreter and, at exit, writes the process's own
+#: peak RSS (``VmHWM``) to the file named by ``EXPORT_BENCH_HWM``. ``ru_maxrss`` cannot give
+#: it: Linux carries the parent's peak over into a child across fork/vfork and exec.
+_WRAPPER = """
+import atexit, os, runpy, sys
+
+def _report():
+    with open("/proc/self/status") as status:
+        hwm = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["EXPORT_BENCH_HWM"], "w") as out:
+        out.write(hwm)
+
+atexit.register(_report)
+sys.argv = ["voice-gateway", *sys.argv[1:]]
+runpy.run_module("voice_gateway.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_export(
     archive_url: str, schema: str | None, fmt: str, out: Path, *extra: str
 ) -> dict[str, Any]:
-    """One ``voice-gateway export`` process; its own wall, CPU and peak RSS (``wait4``)."""
+    """One ``voice-gateway export`` process: its wall and CPU time (``wait4``: this child's
+    alone) and its peak RSS (its own ``VmHWM``, reported at exit)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_GATEWAY_")}
     env["VOICE_GATEWAY_ARCHIVE_URL"] = archive_url
     if schema:
         env["VOICE_GATEWAY_ARCHIVE_SCHEMA"] = schema
-    argv = [sys.executable, "-m", "voice_gateway.cli", "export", "--format", fmt]
+    argv = [sys.executable, "-c", _WRAPPER, "export", "--format", fmt]
     argv += ["--output", str(out), *extra]
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as hwm:
+        env["EXPORT_BENCH_HWM"] = hwm.name
         started = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -253,10 +337,11 @@ def run_export(
             err.seek(0)
             message = err.read().decode(errors="replace")[-2000:]
             raise RuntimeError(f"export {fmt} failed ({proc.returncode}): {message}")
+        peak_kib = int(hwm.read().strip())
     return {
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mb": usage.ru_maxrss / 1024,  # kilobytes on Linux
+        "peak_rss_mb": peak_kib / 1024,
         "bytes": out.stat().st_size,
     }
 
@@ -273,7 +358,7 @@ async def bench_backend(
     try:
         seed_s = await seed(url, schema, rows, upsert_rows=upsert_rows)
         print(f"{backend}: seeded {rows:,} sessions in {seed_s:.1f}s", flush=True)
-        after_last = rfc3339(BASE + timedelta(seconds=rows + 1))
+        after_last = _utc_text(BASE + timedelta(seconds=rows + 1))
         empty = await asyncio.to_thread(
             run_export, url, schema, "csv", workdir / "empty.csv", "--since", after_last
         )
@@ -320,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON result")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.rows = min(args.rows, 20_000)
+        args.rows = min(args.rows, 2_000)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ import logging
 import re
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -262,7 +262,8 @@ class AnalyticsChunk:
     """One batch of analytics rows, as CSV the database wrote (``csv``) or typed (``records``).
 
     ``records`` (the ``iter_analytics_rows`` form) stands in for a batch the database cannot
-    write exactly: on SQLite, a duration whose 17 digits do not read back as the same double.
+    write exactly: on SQLite, a duration whose 15 significant digits do not read back as the
+    same double (e.g. ``0.1 + 0.2``), which no duration the gateway records has.
     """
 
     rows: int
@@ -289,14 +290,13 @@ def _sqlite_time(value: datetime) -> str:
 
 
 def _sqlite_line() -> str:
-    """One row as a line of ``SQLITE_CSV`` (one ``printf`` per row: the cheapest way found)."""
+    """One row as a line of ``SQLITE_CSV``: one ``printf`` per row, the cheapest way found to
+    have SQLite write a row (``||`` chains or ``json_array`` cost more). ``%Q`` ends a text at
+    a NUL character: such a text (PostgreSQL refuses them) is cut there in the export."""
     formats: list[str] = []
     values: list[str] = []
     for column in _EXPORT_COLUMNS:
-        if column == "duration":
-            formats.append("%s")
-            values.append("CASE WHEN duration IS NULL THEN '' ELSE printf('%!.17g', duration) END")
-        elif column in _EXPORT_TIMES or column in _EXPORT_PLAIN:
+        if column in _EXPORT_TIMES or column in _EXPORT_PLAIN or column == "duration":
             formats.append("%s")
             values.append(column)
         else:
@@ -305,8 +305,10 @@ def _sqlite_line() -> str:
     return f"printf('{','.join(formats)}', {', '.join(values)})"
 
 
-#: Whether the row's duration reads back from its 17 digits as the same double.
-_SQLITE_EXACT = "(duration IS NULL OR CAST(printf('%!.17g', duration) AS REAL) = duration)"
+#: Whether the row's duration, as SQLite writes it (15 significant digits), reads back as the
+#: same double (NULL for no duration): true of any duration with up to 15 significant digits
+#: (Twilio's whole seconds, measured microseconds); a chunk with another goes typed.
+_SQLITE_EXACT = "CAST(CAST(duration AS TEXT) AS REAL) = duration"
 
 
 def _postgres_columns() -> str:
@@ -324,7 +326,7 @@ def _pg_literal(value: Any) -> str:
     n = 0
     while (text + f"$v{n}$").find(f"$v{n}$") != len(text):  # the tag must close only at the end
         n += 1
-    return f"$v{n}${text}$v{n}$"
+    return f"$v{n}${text}$v{n}$::varchar"  # the columns' type: comparisons stay indexable
 
 
 class _ExportQuery:
@@ -387,9 +389,13 @@ class _ExportQuery:
 
         conditions = [template.format(p(value)) for template, value in self._filters]
         conditions += self._flags
+        # The plain time bound is implied by the row comparison; it is there for the planner
+        # (PostgreSQL misjudges a row comparison's selectivity and may leave the index).
         if after is not None:
+            conditions.append(f"created_at >= {p(after[0])}")
             conditions.append(f"(created_at, id) > ({p(after[0])}, {p(after[1])})")
         if upto is not None:
+            conditions.append(f"created_at <= {p(upto[0])}")
             conditions.append(f"(created_at, id) <= ({p(upto[0])}, {p(upto[1])})")
         return (" WHERE " + " AND ".join(conditions)) if conditions else "", params
 
@@ -403,6 +409,8 @@ class _ExportQuery:
         return sql, params
 
     def sqlite_chunk(self, after: _Key | None, upto: _Key | None) -> tuple[str, list[Any]]:
+        """The chunk's lines in one value. The ordered subquery is not flattened into the
+        aggregate, which consumes its rows in order (the tests check it on every chunk size)."""
         where, params = self.where(after, upto)
         sql = (
             "SELECT CAST(group_concat(line, char(10)) AS BLOB), count(*), min(exact) FROM ("
@@ -938,9 +946,10 @@ class Archive:
         after: tuple[datetime, str] | None = None
         while True:
             stmt = select(*columns).where(*filters)
-            if after is not None:
+            if after is not None:  # the plain bound is implied; it keeps the planner on the index
                 stmt = stmt.where(
-                    or_(c.created_at > after[0], and_(c.created_at == after[0], c.id > after[1]))
+                    c.created_at >= after[0],
+                    or_(c.created_at > after[0], and_(c.created_at == after[0], c.id > after[1])),
                 )
             stmt = stmt.order_by(c.created_at, c.id).limit(batch_size)
             async with self._guard("export"), self._transaction(write=False) as conn:
@@ -969,7 +978,7 @@ class Archive:
         exclude_legacy: bool = False,
         batch_size: int = 10_000,
         parallel: int = 2,
-    ) -> AsyncIterator[AnalyticsChunk]:
+    ) -> AsyncGenerator[AnalyticsChunk, None]:
         """The rows of ``iter_analytics_rows`` (same filters, same order), written as CSV by the
         database (``analytics_csv``), in chunks of about ``batch_size`` rows.
 
@@ -996,23 +1005,36 @@ class Archive:
             exclude_legacy=exclude_legacy,
         )
         pending: deque[asyncio.Task[AnalyticsChunk]] = deque()
+        # The next chunk's end, looked up ahead (while the caller works on a chunk).
+        bound: asyncio.Task[_Key | None] | None = asyncio.create_task(
+            self._export_bound(query, None, batch_size)
+        )
         after: _Key | None = None
-        more = True
+
+        async def fill() -> None:
+            nonlocal bound, after
+            while bound is not None and len(pending) < parallel:
+                upto = await bound
+                pending.append(asyncio.create_task(self._export_chunk(query, after, upto)))
+                after = upto
+                bound = None
+                if upto is not None:
+                    bound = asyncio.create_task(self._export_bound(query, upto, batch_size))
+
         try:
             while True:
-                while more and len(pending) < parallel:
-                    upto = await self._export_bound(query, after, batch_size)
-                    pending.append(asyncio.create_task(self._export_chunk(query, after, upto)))
-                    after, more = upto, upto is not None
+                await fill()
                 if not pending:
                     return
                 chunk = await pending.popleft()
+                await fill()  # keep the database busy while the caller writes this chunk
                 if chunk.rows:
                     yield chunk
         finally:
-            for task in pending:
+            tasks = [*pending, *([bound] if bound is not None else [])]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _export_bound(
         self, query: _ExportQuery, after: _Key | None, batch_size: int
@@ -1032,7 +1054,7 @@ class Archive:
                 data, rows, exact = found
                 if not rows:
                     return AnalyticsChunk(0)
-                if exact:
+                if exact is None or exact:
                     return AnalyticsChunk(int(rows), csv=bytes(data))
                 # A duration SQLite cannot write exactly: this chunk goes typed.
                 records = await self._analytics_records(conn, query, after, upto)
@@ -1069,9 +1091,15 @@ class Archive:
             if isinstance(at, str):
                 at = datetime.fromisoformat(at).replace(tzinfo=UTC)
             if newer:
-                stmt = stmt.where(or_(c.created_at > at, and_(c.created_at == at, c.id > key[1])))
+                stmt = stmt.where(
+                    c.created_at >= at,
+                    or_(c.created_at > at, and_(c.created_at == at, c.id > key[1])),
+                )
             else:
-                stmt = stmt.where(or_(c.created_at < at, and_(c.created_at == at, c.id <= key[1])))
+                stmt = stmt.where(
+                    c.created_at <= at,
+                    or_(c.created_at < at, and_(c.created_at == at, c.id <= key[1])),
+                )
         stmt = stmt.order_by(c.created_at, c.id)
         rows = (await conn.execute(stmt)).all()
         return [dict(zip(ANALYTICS_COLUMNS, row, strict=True)) for row in rows]

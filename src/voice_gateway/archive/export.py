@@ -1,15 +1,24 @@
 """The analytics export: archived sessions as CSV, JSON Lines or Parquet, one row per session.
 
-Columns are ``ANALYTICS_COLUMNS`` in order. Rows stream from the archive in batches
-(``Archive.iter_analytics_rows``) and are written batch by batch, so memory stays at one batch
-whatever the size of the export.
+Columns are ``ANALYTICS_COLUMNS`` in order. Rows stream from the archive in chunks
+(``Archive.iter_analytics_chunks``) and are written chunk by chunk, so memory stays at a few
+chunks whatever the size of the export.
 
 - CSV: a header row; times RFC 3339 UTC (``2026-01-31T12:00:00.000000Z``); booleans
-  ``true``/``false``; an empty field for a missing value.
+  ``true``/``false``; an empty field for a missing value; RFC 4180 quoting (only the fields
+  that need it), ``\r\n`` line ends.
 - JSON Lines: one object per row with the same keys; times as RFC 3339 strings, missing
   values as ``null``.
 - Parquet: an explicit schema (``timestamp[us, tz=UTC]`` times, ``double`` duration, ``bool``
-  flags, ``int64`` counters, ``string`` the rest); one row group per batch.
+  flags, ``int64`` counters, ``string`` the rest); zstd; one row group per chunk.
+
+How it is fast: the database writes each chunk as CSV (one ``printf`` per row on SQLite,
+``COPY`` on PostgreSQL; two chunks at once), Arrow's CSV reader turns it into a typed table, and
+every format is produced from that table column by column with Arrow compute kernels: there is
+no Python object per value. The output is byte for byte what ``csv_value`` / ``json_value``
+(the reference formatting, kept below) give; the rare values the kernels do not format like
+Python (e.g. a duration of ``1e-05`` or ``nan``, a control character in a JSON string) are
+formatted by Python, one by one.
 
 ``add_export_arguments`` / ``run_export`` are the ``voice-gateway export`` command's glue.
 """
@@ -18,23 +27,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import json
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol, cast, get_args
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from voice_gateway.archive.db import Archive
+from voice_gateway.archive.db import AnalyticsChunk, Archive, CsvDialect
 from voice_gateway.errors import ArchiveUnavailable, ConfigError, GatewayError
 from voice_gateway.sessions.models import ANALYTICS_COLUMNS, rfc3339
 
@@ -66,6 +76,28 @@ _REQUIRED = frozenset(
         "interruptions",
     }
 )
+#: String columns with few distinct values: dictionary-encoded in Parquet (the others, mostly
+#: unique, are not: a dictionary that overflows only costs time and space).
+_CATEGORICAL = frozenset(
+    {
+        "channelManagerService",
+        "channelManagerType",
+        "agentId",
+        "agentName",
+        "agentType",
+        "agentTimezone",
+        "promptId",
+        "promptName",
+        "promptVersion",
+        "sessionLabelId",
+        "source",
+        "target",
+        "orgId",
+        "endReason",
+    }
+)
+#: Columns with Parquet min/max statistics (for readers' filters; free text gets none).
+_STATISTICS = sorted(_TIMES | _FLOATS | _BOOLS | _INTS | _CATEGORICAL)
 
 
 def parquet_schema() -> pa.Schema:
@@ -86,8 +118,11 @@ def parquet_schema() -> pa.Schema:
     return pa.schema(fields)
 
 
+SCHEMA = parquet_schema()
+
+
 def csv_value(value: Any) -> str:
-    """One CSV field: RFC 3339 UTC times, ``true``/``false``, empty for None."""
+    """One CSV field: RFC 3339 UTC times, ``true``/``false``, empty for None (the reference)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -98,11 +133,247 @@ def csv_value(value: Any) -> str:
 
 
 def json_value(value: Any) -> Any:
+    """One JSON Lines value before ``json.dumps`` (the reference)."""
     return rfc3339(value) if isinstance(value, datetime) else value
 
 
-class _RowWriter(Protocol):
-    def write(self, rows: Sequence[dict[str, Any]]) -> None: ...
+def _json_text(value: Any) -> str:
+    return json.dumps(json_value(value), ensure_ascii=False)
+
+
+# -- chunks as Arrow tables ------------------------------------------------------------------
+
+
+def _read_options() -> pa_csv.ReadOptions:
+    # One thread: the database writes the next chunks meanwhile (the CPUs are busy anyway),
+    # and Arrow's reader threads would each keep memory of their own.
+    return pa_csv.ReadOptions(column_names=list(ANALYTICS_COLUMNS), use_threads=False)
+
+
+def _convert_options(dialect: CsvDialect) -> pa_csv.ConvertOptions:
+    types = {
+        f.name: pa.timestamp("us") if f.name in _TIMES else f.type  # naive UTC, then cast
+        for f in SCHEMA
+    }
+    return pa_csv.ConvertOptions(
+        column_types=types,
+        null_values=list(dialect.nulls),
+        true_values=[dialect.true],
+        false_values=[dialect.false],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,  # text is always quoted: '' is not NULL
+    )
+
+
+def table_from_chunk(chunk: AnalyticsChunk, dialect: CsvDialect) -> pa.Table:
+    """A chunk as an Arrow table of ``SCHEMA`` (the database's CSV, or its typed rows)."""
+    if chunk.records is not None:
+        return pa.Table.from_pylist(chunk.records, schema=SCHEMA)
+    if chunk.csv is None:
+        raise ValueError("an analytics chunk without rows")
+    table = pa_csv.read_csv(
+        pa.py_buffer(chunk.csv),
+        read_options=_read_options(),
+        parse_options=pa_csv.ParseOptions(
+            quote_char=dialect.quote, double_quote=True, newlines_in_values=True
+        ),
+        convert_options=_convert_options(dialect),
+    )
+    if table.num_rows != chunk.rows:  # the database said how many rows it wrote
+        raise RuntimeError(f"export chunk parsed as {table.num_rows} rows, not {chunk.rows}")
+    return table.cast(SCHEMA)  # naive UTC times become UTC; required columns are checked
+
+
+# -- formatting columns with Arrow kernels -----------------------------------------------------
+
+
+def _patch(
+    text: pa.ChunkedArray, values: pa.ChunkedArray, odd: pa.ChunkedArray, fmt: Callable[[Any], str]
+) -> pa.ChunkedArray:
+    """``text`` with the rows where ``odd`` is true formatted by Python (``fmt``)."""
+    mask = pc.fill_null(odd, False)
+    if not pc.any(mask).as_py():
+        return text
+    picked = pc.filter(values, mask).to_pylist()
+    replacements = pa.array([fmt(v) for v in picked], pa.string())
+    return pa.chunked_array(
+        [pc.replace_with_mask(_array(text), _array(mask), replacements)], pa.string()
+    )
+
+
+def _array(values: pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _float_text(values: pa.ChunkedArray, fmt: Callable[[Any], str]) -> pa.ChunkedArray:
+    """Doubles as Python writes them (``repr``): Arrow's shortest digits agree with Python's;
+    in fixed notation only ``.0`` is missing from whole numbers. Anything else (exponent
+    forms, nan, infinities) goes through ``fmt``."""
+    text = pc.cast(values, pa.string())
+    magnitude = pc.abs(values)
+    fixed = pc.and_(
+        pc.or_(
+            pc.equal(values, 0.0),
+            pc.and_(pc.greater_equal(magnitude, 1e-4), pc.less(magnitude, 1e16)),
+        ),
+        pc.invert(pc.match_substring(text, "e")),
+    )
+    whole = pc.invert(pc.match_substring(text, "."))
+    text = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
+    return _patch(text, values, pc.invert(fixed), fmt)
+
+
+def _time_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``rfc3339``: ``2026-01-31T12:00:00.000000Z``. Arrow writes a naive (here: UTC)
+    microsecond time as ``2026-01-31 12:00:00.000000``, and much faster than a zoned one."""
+    text = pc.cast(values.cast(pa.timestamp("us")), pa.string())
+    text = pc.binary_join_element_wise(pc.binary_replace_slice(text, 10, 11, "T"), "Z", "")
+    odd = pc.not_equal(pc.binary_length(text), len("2026-01-31T12:00:00.000000Z"))
+    return _patch(text, values, odd, rfc3339)
+
+
+_CSV_SPECIAL = r'[,"\r\n]'
+#: What ``json.dumps`` escapes with a short form, in an order that never escapes twice. The
+#: other control characters (``\u00XX``, also ``\b`` and ``\f``, all rare) are left to Python.
+_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+_JSON_OTHER_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f]"
+
+
+def _any_byte(values: pa.ChunkedArray, codes: tuple[int, ...], *, below: int = 0) -> bool:
+    """Whether any value holds one of the ASCII ``codes`` (or a byte under ``below``): a few
+    vectorised passes over the column's UTF-8, back to back, instead of a regex per value (a
+    multi-byte character never holds an ASCII byte)."""
+    for data in _buffers(values):
+        raw = np.frombuffer(data, dtype=np.uint8)
+        if below and bool((raw < below).any()):
+            return True
+        if any(bool((raw == code).any()) for code in codes):
+            return True
+    return False
+
+
+def _csv_string(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """RFC 4180 minimal quoting, as the ``csv`` module does."""
+    if not _any_byte(values, (ord(","), ord('"'), ord("\r"), ord("\n"))):
+        return values
+    special = pc.match_substring_regex(values, _CSV_SPECIAL)
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(values, '"', '""'), '"', "")
+    return pc.if_else(special, quoted, values)
+
+
+def _json_string(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The inside of JSON string literals (no quotes), as ``json.dumps(...,
+    ensure_ascii=False)`` writes it."""
+    if not _any_byte(values, (ord('"'), ord("\\")), below=0x20):
+        return values
+    escaped = values
+    for raw, escape in _JSON_ESCAPES:  # replacing costs less than looking first
+        escaped = pc.replace_substring(escaped, raw, escape)
+    if not _any_other_control(values):
+        return escaped
+    other = pc.match_substring_regex(values, _JSON_OTHER_CONTROL)  # \u00XX: Python writes it
+    return _patch(escaped, values, other, lambda value: _json_text(value)[1:-1])
+
+
+def _any_other_control(values: pa.ChunkedArray) -> bool:
+    """Whether any value holds a control character other than TAB, LF and CR."""
+    for data in _buffers(values):
+        raw = np.frombuffer(data, dtype=np.uint8)
+        controls = int((raw < 0x20).sum())
+        if controls and controls > sum(int((raw == code).sum()) for code in (9, 10, 13)):
+            return True
+    return False
+
+
+def _csv_columns(table: pa.Table) -> list[pa.ChunkedArray]:
+    out = []
+    for name in ANALYTICS_COLUMNS:
+        values = table.column(name)
+        if name in _TIMES:
+            out.append(_time_text(values))
+        elif name in _FLOATS:
+            out.append(_float_text(values, csv_value))
+        elif name in _BOOLS or name in _INTS:
+            out.append(pc.cast(values, pa.string()))  # true / false, decimal
+        else:
+            out.append(_csv_string(values))
+    return out
+
+
+def _json_columns(table: pa.Table) -> tuple[list[pa.ChunkedArray], list[str]]:
+    """The value columns of the JSON lines, and the text between them (``_lines``). A string
+    column without nulls in this table gets its quotes from that text, not a pass of its own."""
+    columns: list[pa.ChunkedArray] = []
+    parts: list[str] = []
+    glue = "{"
+    for name in ANALYTICS_COLUMNS:
+        values = table.column(name)
+        quoted = True
+        if name in _TIMES:
+            text = _time_text(values)
+        elif name in _FLOATS:
+            text, quoted = _float_text(values, _json_text), False
+        elif name in _BOOLS or name in _INTS:
+            text, quoted = pc.cast(values, pa.string()), False
+        else:
+            text = _json_string(values)
+        glue += json.dumps(name) + ":"
+        if values.null_count == 0:
+            parts.append(glue + ('"' if quoted else ""))
+            glue = '"' if quoted else ""
+        else:
+            if quoted:
+                text = pc.binary_join_element_wise('"', text, '"', "")
+            text = pc.fill_null(text, "null")
+            parts.append(glue)
+            glue = ""
+        columns.append(text)
+        glue += ","
+    parts.append(glue[:-1] + "}\n")
+    return columns, parts
+
+
+def _lines(columns: list[pa.ChunkedArray], parts: list[str]) -> pa.ChunkedArray:
+    """Row ``i``: ``parts[0] + columns[0][i] + parts[1] + ... + parts[-1]`` (nulls as "")."""
+    pieces: list[Any] = []
+    for part, column in zip(parts, columns, strict=False):
+        if part:
+            pieces.append(part)
+        pieces.append(column)
+    pieces.append(parts[-1])
+    return pc.binary_join_element_wise(*pieces, "", null_handling="replace", null_replacement="")
+
+
+def _buffers(lines: pa.ChunkedArray) -> Iterable[pa.Buffer]:
+    """The text of every line, back to back, as slices of Arrow's own buffers (no copy)."""
+    for chunk in lines.chunks:
+        if len(chunk) == 0:
+            continue
+        _, offsets, data = chunk.buffers()
+        width = pa.int64() if pa.types.is_large_string(chunk.type) else pa.int32()
+        bounds = pa.Array.from_buffers(width, len(chunk) + 1, [None, offsets], offset=chunk.offset)
+        yield data[bounds[0].as_py() : bounds[-1].as_py()]
+
+
+_CSV_PARTS = [""] + [","] * (len(ANALYTICS_COLUMNS) - 1) + ["\r\n"]
+
+
+def csv_lines(table: pa.Table) -> Iterable[pa.Buffer]:
+    """The CSV lines of an analytics table (no header), as ``csv.writer`` writes them."""
+    return _buffers(_lines(_csv_columns(table), _CSV_PARTS))
+
+
+def jsonl_lines(table: pa.Table) -> Iterable[pa.Buffer]:
+    """The JSON Lines of an analytics table, as ``json.dumps`` writes them (compact)."""
+    columns, parts = _json_columns(table)
+    return _buffers(_lines(columns, parts))
+
+
+# -- writers -------------------------------------------------------------------------------------
+
+
+class _TableWriter(Protocol):
+    def write(self, table: pa.Table) -> None: ...
 
     def close(self) -> None: ...
 
@@ -110,15 +381,11 @@ class _RowWriter(Protocol):
 class _CsvWriter:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._emit([list(ANALYTICS_COLUMNS)])
+        self._out.write((",".join(ANALYTICS_COLUMNS) + "\r\n").encode("utf-8"))
 
-    def _emit(self, lines: list[list[str]]) -> None:
-        buffer = io.StringIO()
-        csv.writer(buffer).writerows(lines)
-        self._out.write(buffer.getvalue().encode("utf-8"))
-
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        self._emit([[csv_value(row[c]) for c in ANALYTICS_COLUMNS] for row in rows])
+    def write(self, table: pa.Table) -> None:
+        for data in csv_lines(table):
+            self._out.write(data)
 
     def close(self) -> None:
         self._out.flush()
@@ -128,16 +395,9 @@ class _JsonLinesWriter:
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
 
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        lines = [
-            json.dumps(
-                {c: json_value(row[c]) for c in ANALYTICS_COLUMNS},
-                ensure_ascii=False,
-                separators=(",", ":"),
-            )
-            for row in rows
-        ]
-        self._out.write(("\n".join(lines) + "\n").encode("utf-8"))
+    def write(self, table: pa.Table) -> None:
+        for data in jsonl_lines(table):
+            self._out.write(data)
 
     def close(self) -> None:
         self._out.flush()
@@ -145,19 +405,24 @@ class _JsonLinesWriter:
 
 class _ParquetWriter:
     def __init__(self, out: BinaryIO) -> None:
-        self._schema = parquet_schema()
         self._out = out
-        self._writer = pq.ParquetWriter(out, self._schema, compression="zstd")
+        self._writer = pq.ParquetWriter(
+            out,
+            SCHEMA,
+            compression="zstd",
+            use_dictionary=sorted(_CATEGORICAL),
+            write_statistics=_STATISTICS,
+        )
 
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        self._writer.write_table(pa.Table.from_pylist(list(rows), schema=self._schema))
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
 
     def close(self) -> None:
         self._writer.close()
         self._out.flush()
 
 
-def _writer(fmt: str, out: BinaryIO) -> _RowWriter:
+def _writer(fmt: str, out: BinaryIO) -> _TableWriter:
     if fmt == "csv":
         return _CsvWriter(out)
     if fmt == "jsonl":
@@ -200,12 +465,15 @@ async def export(
         total = await archive.count_analytics_rows(**filters)
         bar = tqdm(total=total, unit="rows", file=sys.stderr, desc="export")
     written = 0
+    dialect = archive.analytics_csv
+    chunks = archive.iter_analytics_chunks(**filters, batch_size=batch_size)
     try:
-        async for batch in archive.iter_analytics_rows(**filters, batch_size=batch_size):
-            writer.write(batch)
-            written += len(batch)
-            if bar is not None:
-                bar.update(len(batch))
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                writer.write(table_from_chunk(chunk, dialect))
+                written += chunk.rows
+                if bar is not None:
+                    bar.update(chunk.rows)
         writer.close()
     finally:
         if bar is not None:
