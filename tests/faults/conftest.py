@@ -294,62 +294,6 @@ class RedisServer:
         self.proc = None
 
 
-class TcpProxy:
-    """127.0.0.1:<port> <-> 127.0.0.1:<target_port>. ``stop()`` refuses new connections and
-    cuts live ones; ``start()`` again listens on the same port."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in list(self._writers):
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-        self._writers.clear()
-
-    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            client_w.close()
-            return
-        self._writers |= {client_w, server_w}
-        for src, dst in ((client_r, server_w), (server_r, client_w)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            dst.close()
-
-
 class FaultEnv:
     """What one fault test shares between its processes; see the module docstring."""
 

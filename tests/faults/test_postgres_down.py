@@ -10,7 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.conftest import POSTGRES_URL
-from tests.faults.conftest import FaultEnv, TcpProxy, eventually, speech_loop
+from tests.faults.conftest import FaultEnv, eventually, speech_loop
+from tests.tcp_proxy import TcpProxy
 from voice_gateway.sessions.models import EndReason
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

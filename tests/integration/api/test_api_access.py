@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from tests.conftest import POSTGRES_URL, REDIS_URL
-from tests.integration.api.conftest import A, Api, B, TcpProxy, api_on
+from tests.integration.api.conftest import A, Api, B, api_on
+from tests.tcp_proxy import TcpProxy
 
 # -- authentication -------------------------------------------------------------------------------
 
@@ -165,7 +166,7 @@ async def test_bodies_over_the_api_limit_are_413(small_limit: Api) -> None:
 
 async def test_redis_unreachable_is_503(tmp_path: Path, redis_prefix: str) -> None:
     redis = urlsplit(REDIS_URL)
-    proxy = await TcpProxy(redis.hostname or "127.0.0.1", redis.port or 6379).start()
+    proxy = await TcpProxy(redis.port or 6379, redis.hostname or "127.0.0.1").start()
     url = f"redis://127.0.0.1:{proxy.port}{redis.path}"
     try:
         async with api_on("sqlite", tmp_path, redis_prefix, redis_url=url) as api:
@@ -188,7 +189,7 @@ async def test_redis_unreachable_is_503(tmp_path: Path, redis_prefix: str) -> No
 @pytest.mark.postgres
 async def test_archive_unreachable_is_503(tmp_path: Path, redis_prefix: str) -> None:
     pg = urlsplit(POSTGRES_URL)
-    proxy = await TcpProxy(pg.hostname or "127.0.0.1", pg.port or 5432).start()
+    proxy = await TcpProxy(pg.port or 5432, pg.hostname or "127.0.0.1").start()
     netloc = f"{pg.username}@127.0.0.1:{proxy.port}" if pg.username else f"127.0.0.1:{proxy.port}"
     url = pg._replace(netloc=netloc).geturl()
     try:
