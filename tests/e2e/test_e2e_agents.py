@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from tests.e2e.conftest import GatewayFactory, Harness, speech_audio
+from voice_gateway import appkeys
+from voice_gateway.agents.base import (
+    Agent,
+    AgentAudio,
+    AgentContext,
+    AgentEvent,
+    CallerTurn,
+    Conversation,
+)
+from voice_gateway.agents.bridge import MAX_QUEUED_MS
 from voice_gateway.agents.example_server import ExampleAgentServer
 from voice_gateway.sessions.models import EndReason
 from voice_gateway.settings import AgentConfig, NumberRoute
@@ -183,3 +195,35 @@ async def test_remote_agent_failure_without_fallback_hangs_up_with_error(
     ]
     row = await gw.archived(result.session_id or "")
     assert row.end_reason is EndReason.ERROR
+
+
+class _Runaway(Conversation):
+    """An agent that streams 60 s of audio as fast as it can."""
+
+    async def answer(self, turn: CallerTurn) -> AsyncIterator[AgentEvent]:
+        for _ in range(600):
+            yield AgentAudio(b"\x01" * 800)  # 100 ms
+
+
+class _RunawayAgent(Agent):
+    async def open(self, context: AgentContext) -> Conversation:
+        return _Runaway()
+
+
+async def test_an_agent_streaming_far_ahead_is_held_back(gateway_factory: GatewayFactory) -> None:
+    """A runaway agent cannot fill the gateway's memory: it is read only as fast as playback
+    makes room, so a call never holds much more than MAX_QUEUED_MS of audio."""
+
+    async def swap_agent(app: web.Application) -> None:
+        app[appkeys.AGENTS]["echo"] = _RunawayAgent()
+
+    gw = await gateway_factory("memory", configure=lambda app: app.on_startup.append(swap_agent))
+    task = asyncio.create_task(gw.place(audio=speech_audio() + silence(4000)))
+    peak = 0
+    while not task.done():
+        for stream in gw.app[appkeys.CALLS].live_streams():
+            peak = max(peak, stream.queued_ms)
+        await asyncio.sleep(0.05)
+    result = task.result()
+    assert result.media_received > 0
+    assert 0 < peak <= MAX_QUEUED_MS + 1000

@@ -56,6 +56,8 @@ from voice_gateway.telephony.bridge import CallControl, CallInfo
 log = logging.getLogger(__name__)
 
 PLAYOUT_SLACK_SECONDS = 5.0
+#: Agent audio queued ahead of what the caller has heard, at most (about 80 KB of mu-law).
+MAX_QUEUED_MS = 10_000
 #: At the end of a call, history writes retry this long through a store outage.
 STOP_RETRY_SECONDS = 15.0
 
@@ -371,6 +373,10 @@ class AgentBridge:
                     if first_audio and ended_at is not None:
                         self.metrics.turn_response_seconds.observe(time.perf_counter() - ended_at)
                     first_audio = False
+                # Backpressure: an agent that streams far ahead of playback waits (and stops
+                # being read), so a call's queued audio stays bounded.
+                while control.queued_ms > MAX_QUEUED_MS:  # noqa: ASYNC110 - only while >10 s ahead
+                    await asyncio.sleep(0.1)
             elif isinstance(event, AgentText):
                 if event.role == "user":
                     self._set_transcript(answer_id, event.text)

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class _Stream(Protocol):
+    @property
+    def queued_ms(self) -> int: ...
+
     async def shutdown(self) -> None: ...
 
 
@@ -38,6 +41,9 @@ class CallRegistry:
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def live_streams(self) -> list[_Stream]:
+        return list(self._streams.values())
 
     def claim(self, session_id: str, stream: _Stream) -> bool:
         """Register the live stream of a session; False if this process already has one."""
