@@ -177,7 +177,9 @@ async def _telephony_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _drain(app: web.Application) -> None:
-    """Shutdown (SIGTERM): refuse new calls, let live ones run up to the drain timeout."""
+    """On app shutdown: refuse new calls, let live ones run up to the drain timeout. ``serve``
+    drains before it shuts the app down (listener still open); this covers any other runner,
+    and finds nothing left to drain after ``serve``."""
     app[appkeys.DRAINING].set()
     calls = app[appkeys.CALLS]
     if len(calls):

@@ -182,6 +182,8 @@ class AgentBridge:
             event.set()
 
     async def stop(self, reason: str) -> None:
+        if self._ended:  # a drained call is stopped by shutdown(), then again as its stream ends
+            return
         self._ended = True
         if self._gather_timer is not None:
             self._gather_timer.cancel()

@@ -17,8 +17,8 @@ import contextlib
 import logging
 from typing import Protocol
 
-from voice_gateway.errors import AlreadyCompleted, GatewayError, SessionNotFound
-from voice_gateway.sessions.lifecycle import Lifecycle
+from voice_gateway.errors import AlreadyCompleted, GatewayError, SessionNotFound, StoreUnavailable
+from voice_gateway.sessions.lifecycle import Lifecycle, with_retry
 from voice_gateway.sessions.models import EndReason
 
 log = logging.getLogger(__name__)
@@ -67,20 +67,22 @@ class CallRegistry:
         """Hand the session to the sweepers: ``completed`` after ``grace`` unless the status
         callback completes it first. Retried briefly: if it never lands, the lease still ends
         the call (as ``error``)."""
-        for attempt in range(3):
-            try:
-                await self._lifecycle.set_deadline(session_id, grace, EndReason.COMPLETED)
-                return
-            except (AlreadyCompleted, SessionNotFound):
-                return
-            except GatewayError as exc:
-                log.warning(
-                    "could not hand the ended call to the sweepers (try %d): %s call_sid=%s",
-                    attempt + 1,
-                    exc.message,
-                    call_sid,
-                )
-                await asyncio.sleep(0.2 * 2**attempt)
+        try:
+            await with_retry(
+                lambda: self._lifecycle.set_deadline(session_id, grace, EndReason.COMPLETED),
+                what="stream end hand-off",
+                budget_seconds=1.5,
+                first_delay=0.2,
+            )
+        except (AlreadyCompleted, SessionNotFound):
+            return
+        except StoreUnavailable as exc:
+            log.warning(
+                "could not hand the ended call to the sweepers (the lease will end it): %s "
+                "call_sid=%s",
+                exc.message,
+                call_sid,
+            )
 
     async def renew_leases(self, stop: asyncio.Event) -> None:
         """Background loop: renew every live call's lease at a third of its length."""
