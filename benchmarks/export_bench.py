@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from benchmarks.common import print_table, write_json
 from voice_gateway.archive import schema as sc
-from voice_gateway.archive.db import Archive, engine_url
+from voice_gateway.archive.db import Archive, engine_url, export_line
 from voice_gateway.sessions.models import (
     Channel,
     CompletedSession,
@@ -152,7 +152,7 @@ class RowMaker:
         for key in ("created_at", "updated_at", "ended_at"):
             doc[key] = _utc_text(f[key])
         doc["channel"] = {**t["channel"], "sid": f["sid"]}
-        return {
+        row: dict[str, Any] = {
             "created_at": f["created_at"],
             "id": f["id"],
             "conversation_id": f["conversation_id"],
@@ -187,6 +187,8 @@ class RowMaker:
             "data": orjson.dumps(doc).decode(),
             "archived_at": self.archived_at,
         }
+        row["export_row"] = export_line({key: row[column] for key, column in sc.ANALYTICS_SOURCE})
+        return row
 
     def driver_values(self, i: int, backend: str) -> tuple[Any, ...]:
         """The row in ``sessions`` column order, as the driver stores it (what SQLAlchemy's

@@ -8,14 +8,19 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Any
 
 from voice_gateway.errors import ConfigError
 from voice_gateway.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+# Each command imports what it needs when it runs: ``voice-gateway export`` (an analyst's
+# command, run often, in scripts) should not pay for importing the web server, the simulator
+# and the agents (about a second).
 
 log = logging.getLogger("voice_gateway")
 
@@ -53,6 +58,8 @@ async def serve(app: web.Application, host: str, port: int) -> None:
     """Run until SIGTERM/SIGINT, then drain: readiness goes false while the listener stays
     open (new calls are refused with a busy signal, load balancers see /readyz fail), live
     calls run up to ``drain_timeout_seconds``, the rest end going-away, and we return."""
+    from aiohttp import web
+
     from voice_gateway import appkeys
 
     settings = app[appkeys.SETTINGS]
@@ -135,7 +142,31 @@ def cmd_archiver(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _register_simulate(sub: Any) -> None:
+    from voice_gateway.sim.cli import register
+
+    register(sub, _config_arg)
+
+
+def _register_keys(sub: Any) -> None:
+    from voice_gateway.api.keys import register
+
+    register(sub, _config_arg)
+
+
+#: The commands ``build_parser`` defines itself.
+_OWN = frozenset({"serve", "config", "export", "archiver"})
+#: Commands whose options live (and are imported) elsewhere: registered only when they can be
+#: the one that runs (see ``build_parser``).
+_ELSEWHERE: dict[str, Callable[[Any], None]] = {
+    "simulate": _register_simulate,
+    "keys": _register_keys,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``voice-gateway`` parser. ``command``: the subcommand that will run, when it is
+    known to be one of this module's (then the others' modules are not imported)."""
     parser = argparse.ArgumentParser(prog="voice-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -153,25 +184,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write archived sessions as CSV, JSON Lines or Parquet")
     _config_arg(export)
-    from voice_gateway.archive.export import add_export_arguments
+    if command in (None, "export") or command not in _OWN:  # its module imports pyarrow
+        from voice_gateway.archive.export import add_export_arguments
 
-    add_export_arguments(export)
+        add_export_arguments(export)
     export.set_defaults(func=cmd_export)
 
     archiver = sub.add_parser("archiver", help="run only the archiver (Redis store required)")
     _config_arg(archiver)
     archiver.set_defaults(func=cmd_archiver)
 
-    from voice_gateway.api.keys import register as register_keys
-    from voice_gateway.sim.cli import register as register_simulate
-
-    register_simulate(sub, _config_arg)
-    register_keys(sub, _config_arg)
+    if command is None or command not in _OWN:
+        for register in _ELSEWHERE.values():
+            register(sub)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first argument not an option)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     try:
         result: int = args.func(args)

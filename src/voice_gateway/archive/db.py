@@ -214,6 +214,7 @@ def _session_row(session: Session, data: str, archived_at: datetime) -> dict[str
         metadata=session.metadata,
         data=data,
         archived_at=archived_at,
+        export_row=export_line(analytics),
     )
     return row
 
@@ -231,12 +232,12 @@ def _message_row(session_id: str, seq: int, message: Message) -> dict[str, Any]:
     }
 
 
-# -- analytics export: rows rendered by the database -------------------------------------------
+# -- analytics export: rows as CSV lines ---------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class CsvDialect:
-    """How the database writes the analytics rows of a chunk as CSV, for a CSV parser.
+    """How the analytics rows of a chunk are written as CSV, for a CSV parser.
 
     One line per row, ``\\n`` between lines, fields separated by ``,`` in ``ANALYTICS_COLUMNS``
     order. Text is always quoted with ``quote`` (doubled inside) and may span lines; a missing
@@ -251,24 +252,54 @@ class CsvDialect:
     false: str
 
 
+#: ``sessions.export_row``, written at archive time by ``export_line``.
+EXPORT_CSV = CsvDialect(quote='"', nulls=("",), true="true", false="false")
 #: SQLite: ``printf``'s ``%Q`` (``'it''s'``, ``NULL``), times as stored, flags 0/1.
 SQLITE_CSV = CsvDialect(quote="'", nulls=("NULL", ""), true="1", false="0")
 #: PostgreSQL: ``COPY ... (FORMAT csv)`` (``"a ""b"""``, empty for NULL), flags t/f.
 POSTGRES_CSV = CsvDialect(quote='"', nulls=("",), true="t", false="f")
 
+_LINE_TIMES = frozenset({"timestamp", "endedAt"})
+_LINE_FLAGS = frozenset({"isLegacy", "isTest"})
+_LINE_NUMBERS = frozenset({"duration", "turns", "messages", "interruptions"})
+
+
+def export_line(analytics: Mapping[str, Any]) -> str:
+    """The analytics row as one ``EXPORT_CSV`` line, ``\\n`` included: what ``export_row``
+    holds. Text quoted with ``"`` (so ``""`` is an empty text and an empty field a missing
+    value), times naive UTC with microseconds, numbers as ``repr`` writes them (a double's
+    shortest digits, which parse back to the same double)."""
+    fields: list[str] = []
+    for key in ANALYTICS_COLUMNS:
+        value = analytics[key]
+        if value is None:
+            fields.append("")
+        elif key in _LINE_TIMES:
+            fields.append(_sqlite_time(value))
+        elif key in _LINE_FLAGS:
+            fields.append("true" if value else "false")
+        elif key in _LINE_NUMBERS:
+            fields.append(repr(float(value)) if key == "duration" else str(int(value)))
+        else:
+            fields.append('"' + str(value).replace('"', '""') + '"')
+    return ",".join(fields) + "\n"
+
 
 @dataclass(frozen=True, slots=True)
 class AnalyticsChunk:
-    """One batch of analytics rows, as CSV the database wrote (``csv``) or typed (``records``).
+    """One batch of analytics rows: CSV lines (``csv``, in ``dialect``) or typed (``records``).
 
+    The lines are the rows' ``export_row`` (``EXPORT_CSV``), or, for a batch with rows archived
+    before ``export_row`` existed, written by the database (``SQLITE_CSV`` / ``POSTGRES_CSV``).
     ``records`` (the ``iter_analytics_rows`` form) stands in for a batch the database cannot
     write exactly: on SQLite, a duration whose 15 significant digits do not read back as the
-    same double (e.g. ``0.1 + 0.2``), which no duration the gateway records has.
+    same double (e.g. ``0.1 + 0.2``).
     """
 
     rows: int
     csv: bytes | None = None
     records: list[dict[str, Any]] | None = None
+    dialect: CsvDialect | None = None
 
 
 #: ``sessions`` columns of the analytics row, in ``ANALYTICS_COLUMNS`` order.
@@ -408,9 +439,22 @@ class _ExportQuery:
         )
         return sql, params
 
+    def stored_chunk(self, after: _Key | None, upto: _Key | None) -> tuple[str, list[Any]]:
+        """The chunk's ``export_row`` lines in one value, its row count, and how many rows have
+        a line. The ordered subquery is not flattened into the aggregate (neither database
+        flattens a subquery with ORDER BY), which consumes its rows in order."""
+        where, params = self.where(after, upto)
+        rows = f"SELECT export_row FROM {self.table}{where} ORDER BY created_at, id"
+        if self.backend == "sqlite":
+            lines = "CAST(group_concat(export_row, '') AS BLOB)"
+        else:
+            lines = "convert_to(string_agg(export_row, ''), 'UTF8')"  # bytes, not a str
+        return f"SELECT {lines}, count(*), count(export_row) FROM ({rows}) AS chunk", params
+
     def sqlite_chunk(self, after: _Key | None, upto: _Key | None) -> tuple[str, list[Any]]:
-        """The chunk's lines in one value. The ordered subquery is not flattened into the
-        aggregate, which consumes its rows in order (the tests check it on every chunk size)."""
+        """The chunk's lines in one value, written by SQLite (rows without ``export_row``). The
+        ordered subquery is not flattened into the aggregate, which consumes its rows in order
+        (the tests check it on every chunk size)."""
         where, params = self.where(after, upto)
         sql = (
             "SELECT CAST(group_concat(line, char(10)) AS BLOB), count(*), min(exact) FROM ("
@@ -962,11 +1006,6 @@ class Archive:
             last = rows[-1]
             after = (last[0], last[1])
 
-    @property
-    def analytics_csv(self) -> CsvDialect:
-        """The CSV dialect of ``AnalyticsChunk.csv`` on this archive's backend."""
-        return SQLITE_CSV if self.backend == "sqlite" else POSTGRES_CSV
-
     async def iter_analytics_chunks(
         self,
         *,
@@ -979,12 +1018,15 @@ class Archive:
         batch_size: int = 10_000,
         parallel: int = 2,
     ) -> AsyncGenerator[AnalyticsChunk, None]:
-        """The rows of ``iter_analytics_rows`` (same filters, same order), written as CSV by the
-        database (``analytics_csv``), in chunks of about ``batch_size`` rows.
+        """The rows of ``iter_analytics_rows`` (same filters, same order) as CSV lines, in chunks
+        of about ``batch_size`` rows.
 
-        This is the export's fast path: no Python object per value. Each chunk is the key range
-        ``(last key of the previous chunk, last key of this one]``: a cheap indexed query finds
-        where a chunk ends, then up to ``parallel`` chunks are written by the database at once
+        This is the export's fast path: no Python object per value. A chunk is its rows'
+        ``export_row`` lines, joined by the database (``EXPORT_CSV``); a chunk with a row
+        archived before that column existed is written as CSV by the database instead
+        (``SQLITE_CSV`` / ``POSTGRES_CSV``; ``AnalyticsChunk.dialect`` says which). Each chunk is
+        the key range ``(last key of the previous chunk, last key of this one]``: a cheap
+        indexed query finds where a chunk ends, then up to ``parallel`` chunks are read at once
         (separate connections; SQLite releases the GIL while it works), handed out in order.
         Every query is short and on its own (no transaction spans chunks), so a session
         archived during the export is in it or not, but never twice, and nothing is skipped.
@@ -1048,14 +1090,23 @@ class Archive:
         self, query: _ExportQuery, after: _Key | None, upto: _Key | None
     ) -> AnalyticsChunk:
         async with self._guard("export"), self._transaction(write=False) as conn:
+            # The lines written at archive time, when every row of the chunk has one.
+            sql, params = query.stored_chunk(after, upto)
+            found: Any = (await conn.exec_driver_sql(sql, tuple(params))).one()
+            data, rows, stored = found
+            if not rows:
+                return AnalyticsChunk(0)
+            if stored == rows:
+                return AnalyticsChunk(int(rows), csv=bytes(data), dialect=EXPORT_CSV)
+            # Rows archived before ``export_row`` existed: the database writes the chunk.
             if self.backend == "sqlite":
                 sql, params = query.sqlite_chunk(after, upto)
-                found: Any = (await conn.exec_driver_sql(sql, tuple(params))).one()
+                found = (await conn.exec_driver_sql(sql, tuple(params))).one()
                 data, rows, exact = found
                 if not rows:
                     return AnalyticsChunk(0)
                 if exact is None or exact:
-                    return AnalyticsChunk(int(rows), csv=bytes(data))
+                    return AnalyticsChunk(int(rows), csv=bytes(data), dialect=SQLITE_CSV)
                 # A duration SQLite cannot write exactly: this chunk goes typed.
                 records = await self._analytics_records(conn, query, after, upto)
                 return AnalyticsChunk(len(records), records=records)
@@ -1074,7 +1125,9 @@ class Archive:
                 query.postgres_select(after, upto), output=sink, format="csv"
             )
             rows = int(str(status).rsplit(" ", 1)[-1])
-            return AnalyticsChunk(rows, csv=b"".join(parts)) if rows else AnalyticsChunk(0)
+            if not rows:
+                return AnalyticsChunk(0)
+            return AnalyticsChunk(rows, csv=b"".join(parts), dialect=POSTGRES_CSV)
 
     async def _analytics_records(
         self, conn: AsyncConnection, query: _ExportQuery, after: _Key | None, upto: _Key | None

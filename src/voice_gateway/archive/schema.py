@@ -8,16 +8,22 @@ to do. A database whose version is newer than ``LATEST_VERSION`` is refused
 (``SchemaTooNew``): an old gateway must not write into a schema it does not understand.
 
 Adding a change: append ``Migration(N + 1, "what", step)`` whose step alters the tables
-(``op``-style DDL via ``conn.execute(text(...))`` or ``Table.create``), and update the Table
-objects to the new shape. Step 1 creates tables from the Table objects, so before a later step
-alters ``sessions`` or ``messages``, freeze step 1 with a copy of the version-1 definitions.
+(``op``-style DDL via ``conn.execute(DDL(...))`` or ``Table.create``), and update the Table
+objects to the new shape. Step 1 creates ``sessions`` and ``messages`` from frozen copies of
+their version-1 definitions (``_v1_tables``; version 3 altered ``sessions``).
 
 ``sessions`` holds one row per completed session: the analytics row's fields as typed columns
 (in ``ANALYTICS_COLUMNS`` order; ``ANALYTICS_SOURCE`` maps each analytics key to its column),
 then the other columns list filters need, and the full session as JSON text (``data``), which
-is what ``Archive.get`` returns. ``messages`` holds each session's history, one row per
-message, keyed by (session_id, seq). ``deleted_sessions`` holds a tombstone per session deleted
-over the API (version 2).
+is what ``Archive.get`` returns, and the analytics row once more as one CSV line
+(``export_row``, version 3: what the export reads, see ``db.export_line``; on SQLite also in
+the index ``ix_sessions_export``, which the export reads instead of the table). ``messages``
+holds each session's history, one row per message, keyed by (session_id, seq).
+``deleted_sessions`` holds a tombstone per session deleted over the API (version 2).
+
+``export_row`` is derived from the typed columns: every write of a row rewrites it (``upsert``,
+``update``). A migration that changes the analytics row must set it to NULL (the export then
+renders those rows in the database, as it does for rows archived before version 3).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     Boolean,
     Column,
@@ -48,6 +55,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.types import TypeDecorator
 
 from voice_gateway.errors import ConfigError
@@ -134,11 +142,17 @@ sessions = Table(
     Column("metadata", JsonType, nullable=False),
     Column("data", Text, nullable=False),  # the full Session as JSON
     Column("archived_at", UtcDateTime, nullable=False),
+    # the analytics row as one CSV line (db.export_line); NULL in rows archived before v3
+    Column("export_row", Text),
     Index("ix_sessions_org_created", "org_id", "created_at"),
     Index("ix_sessions_created_id", "created_at", "id"),
     Index("ix_sessions_agent", "agent_id"),
     Index("ix_sessions_user", "user_id"),
     Index("ix_sessions_ended", "ended_at"),
+    # SQLite: the export reads the lines in key order from this index alone (not from table
+    # pages holding ``data``: a third of SQLite's time). PostgreSQL has no room for long
+    # lines in an index entry (at most a third of a page), and reads the table.
+    Index("ix_sessions_export", "created_at", "id", "export_row").ddl_if(dialect="sqlite"),
 )
 
 messages = Table(
@@ -229,17 +243,93 @@ class Migration:
     apply: Callable[[Connection], None]
 
 
+def _v1_tables() -> list[Table]:
+    """``sessions`` and ``messages`` as version 1 created them (frozen: the Table objects above
+    are the latest shape)."""
+    v1 = MetaData()
+    v1_sessions = Table(
+        "sessions",
+        v1,
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("id", String, primary_key=True),
+        Column("conversation_id", String),
+        Column("channel_service", String, nullable=False),
+        Column("channel_type", String, nullable=False),
+        Column("channel_sid", String),
+        Column("agent_id", String, nullable=False),
+        Column("agent_name", String),
+        Column("agent_type", String),
+        Column("agent_timezone", String),
+        Column("prompt_id", String),
+        Column("prompt_name", String),
+        Column("prompt_version", String),
+        Column("duration", Float),
+        Column("session_label_id", String),
+        Column("source", String),
+        Column("target", String),
+        Column("is_legacy", Boolean, nullable=False),
+        Column("is_test", Boolean, nullable=False),
+        Column("org_id", String, nullable=False),
+        Column("ended_at", UtcDateTime),
+        Column("end_reason", String),
+        Column("turns", Integer, nullable=False),
+        Column("message_count", Integer, nullable=False),
+        Column("interruptions", Integer, nullable=False),
+        Column("user_id", String),
+        Column("name", String),
+        Column("summary", Text),
+        Column("status", String, nullable=False),
+        Column("updated_at", UtcDateTime, nullable=False),
+        Column("metadata", JsonType, nullable=False),
+        Column("data", Text, nullable=False),
+        Column("archived_at", UtcDateTime, nullable=False),
+        Index("ix_sessions_org_created", "org_id", "created_at"),
+        Index("ix_sessions_created_id", "created_at", "id"),
+        Index("ix_sessions_agent", "agent_id"),
+        Index("ix_sessions_user", "user_id"),
+        Index("ix_sessions_ended", "ended_at"),
+    )
+    v1_messages = Table(
+        "messages",
+        v1,
+        Column("session_id", String, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False),
+        Column("seq", Integer, nullable=False, autoincrement=False),
+        Column("id", String, nullable=False),
+        Column("role", String, nullable=False),
+        Column("content", Text, nullable=False),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("turn_id", Integer),
+        Column("metadata", JsonType, nullable=False),
+        PrimaryKeyConstraint("session_id", "seq", name="pk_messages"),
+    )
+    return [v1_sessions, v1_messages]
+
+
 def _v1_initial(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[sessions, messages], checkfirst=False)
+    tables = _v1_tables()
+    tables[0].metadata.create_all(conn, tables=tables, checkfirst=False)
 
 
 def _v2_tombstones(conn: Connection) -> None:
     metadata.create_all(conn, tables=[deleted_sessions], checkfirst=False)
 
 
+def _v3_export_row(conn: Connection) -> None:
+    # Nullable, no default: a change of the catalogue only, whatever the size of the table.
+    # Rows archived before keep NULL (the export renders those in the database).
+    add = DDL("ALTER TABLE %(fullname)s ADD COLUMN export_row TEXT")  # type: ignore[no-untyped-call]
+    conn.execute(add.against(sessions))
+    if conn.dialect.name == "sqlite":
+        conn.execute(CreateIndex(_EXPORT_INDEX))
+
+
+_EXPORT_INDEX = next(ix for ix in sessions.indexes if ix.name == "ix_sessions_export")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sessions and messages tables with list/export indexes", _v1_initial),
     Migration(2, "deleted_sessions: tombstones that upsert skips", _v2_tombstones),
+    Migration(3, "sessions.export_row: the analytics row as the export reads it", _v3_export_row),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -283,3 +284,30 @@ async def test_cli_unreachable_archive_exits_4_without_the_password(
     assert "pa55-w0rd-xyz" not in err
     assert "127.0.0.1" in err and "analyst" in err
     assert os.listdir(tmp_path) == []  # no partial file, no temporary
+
+
+def test_the_export_command_imports_only_what_it_needs(archive_url: str, tmp_path: Path) -> None:
+    """``voice-gateway export`` starts without the web server, Twilio, the simulator, the
+    agents or the archiver (lazy imports in the CLI): a second of start-up in every export."""
+    heavy = ["aiohttp", "twilio", "voice_gateway.app", "voice_gateway.sim", "websockets"]
+    heavy += ["voice_gateway.archive.archiver", "redis"]
+    probe = (
+        "import atexit, runpy, sys\n"
+        f"atexit.register(lambda: print(sorted(m for m in {heavy!r} if m in sys.modules)))\n"
+        "sys.argv = ['voice-gateway', *sys.argv[1:]]\n"
+        "runpy.run_module('voice_gateway.cli', run_name='__main__', alter_sys=True)\n"
+    )
+    target = tmp_path / "out.parquet"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOICE_GATEWAY_")}
+    env["VOICE_GATEWAY_ARCHIVE_URL"] = archive_url
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "export", "--format", "parquet", "-o", str(target)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert pq.read_table(target).num_rows == 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import random
 import struct
 from datetime import UTC, datetime, timedelta, timezone
@@ -223,19 +224,78 @@ def written_by(dialect: archive_db.CsvDialect, rows: list[dict[str, Any]]) -> by
 @pytest.mark.parametrize("dialect", [SQLITE_CSV, POSTGRES_CSV], ids=["sqlite", "postgres"])
 def test_the_databases_csv_reads_back_as_the_typed_rows(dialect: archive_db.CsvDialect) -> None:
     rows = rows_for([t for t in TEXTS if t is None or "\x00" not in t], [95.0, None, 0.5])
-    chunk = AnalyticsChunk(len(rows), csv=written_by(dialect, rows))
-    assert table_from_chunk(chunk, dialect).to_pylist() == rows
+    chunk = AnalyticsChunk(len(rows), csv=written_by(dialect, rows), dialect=dialect)
+    assert table_from_chunk(chunk).to_pylist() == rows
+
+
+def lines_of(rows: list[dict[str, Any]]) -> AnalyticsChunk:
+    data = "".join(archive_db.export_line(row) for row in rows).encode()
+    return AnalyticsChunk(len(rows), csv=data, dialect=archive_db.EXPORT_CSV)
+
+
+def test_the_archives_lines_read_back_as_the_typed_rows() -> None:
+    """``export_row`` holds every value exactly: text (empty is not missing), any double."""
+    finite = [f for f in FLOATS if f is None or math.isfinite(f)]
+    doubles = [f for f in some_floats() if not math.isnan(f)]  # nan != nan
+    for rows in (rows_for(TEXTS, finite), rows_for(["x", None, ""], doubles)):
+        assert table_from_chunk(lines_of(rows)).to_pylist() == rows
+
+
+def test_the_archives_lines_read_back_nan_and_infinities() -> None:
+    # The archive never holds them (a session's JSON has no NaN), but they would read back.
+    rows = rows_for(["x"], [float("inf"), float("-inf"), float("nan"), -0.0])
+    got = table_from_chunk(lines_of(rows)).column("duration").to_pylist()
+    assert got[:2] == [float("inf"), float("-inf")] and math.isnan(got[2])
+    assert math.copysign(1.0, got[3]) == -1.0
+
+
+def test_an_archives_line_is_one_csv_row() -> None:
+    row = rows_for(['say "hi", twice\nor not'], [180.25])[0]
+    line = archive_db.export_line(row)
+    assert line.endswith("\n")
+    fields = next(csv.reader(io.StringIO(line)))
+    assert len(fields) == len(ANALYTICS_COLUMNS)
+    assert dict(zip(ANALYTICS_COLUMNS, fields, strict=True)) | {"isTest": "?"} == {
+        "timestamp": "2026-01-31 12:00:00.500000",
+        "sessionId": "s-0",
+        "conversationId": 'say "hi", twice\nor not',
+        "channelManagerService": "twilio",
+        "channelManagerType": "voice",
+        "channelManagerSid": "",
+        "agentId": 'say "hi", twice\nor not',
+        "agentName": 'say "hi", twice\nor not',
+        "agentType": "",
+        "agentTimezone": "Europe/Paris",
+        "promptId": "",
+        "promptName": 'say "hi", twice\nor not',
+        "promptVersion": "3",
+        "duration": "180.25",
+        "sessionLabelId": "",
+        "source": "+14155550100",
+        "target": 'say "hi", twice\nor not',
+        "isLegacy": "true",
+        "isTest": "?",
+        "orgId": "acme",
+        "endedAt": "",
+        "endReason": "completed",
+        "turns": "0",
+        "messages": "0",
+        "interruptions": "0",
+        "userId": 'say "hi", twice\nor not',
+        "name": 'say "hi", twice\nor not',
+        "summary": 'say "hi", twice\nor not' * 3,
+    }
 
 
 def test_a_chunk_that_parses_to_another_row_count_is_an_error() -> None:
     data = written_by(SQLITE_CSV, rows_for(["a\nb"], [1.0]))
     with pytest.raises(RuntimeError, match="1 rows, not 2"):
-        table_from_chunk(AnalyticsChunk(2, csv=data), SQLITE_CSV)
+        table_from_chunk(AnalyticsChunk(2, csv=data, dialect=SQLITE_CSV))
 
 
 def test_typed_chunks_become_tables_too() -> None:
     rows = rows_for(TEXTS, FLOATS)
-    table = table_from_chunk(AnalyticsChunk(len(rows), records=rows), SQLITE_CSV)
+    table = table_from_chunk(AnalyticsChunk(len(rows), records=rows))
     assert table.schema == SCHEMA and table.num_rows == len(rows)
 
 
