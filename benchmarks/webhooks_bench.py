@@ -12,6 +12,10 @@ clock starts), so each one checks a signature, opens a session in Redis and answ
   each request was *due*, so a slow server cannot hide queueing (no coordinated omission).
 - Saturation: ``--connections`` closed-loop workers send back to back; throughput is what the
   gateway sustains.
+
+Before both, a short warm-up (not reported) opens the gateway's connections and loads its
+scripts. ``cpu_us_per_req`` is the gateway's CPU time (user + system) per request: on a shared
+machine it moves less than throughput does with the neighbours' load.
 """
 
 from __future__ import annotations
@@ -113,12 +117,15 @@ async def fixed_rate(gw: GatewayProcess, rate: float, seconds: float) -> dict[st
         **percentiles(latencies),
         "errors": errors,
         "gateway_cpu_s": cpu,
+        "cpu_us_per_req": cpu / len(reqs) * 1e6,
         "gen_lag_p99_ms": percentiles(lag)["p99_ms"],
     }
 
 
-async def saturation(gw: GatewayProcess, seconds: float, connections: int) -> dict[str, Any]:
-    reqs = signed_requests(gw, int(4000 * seconds))
+async def saturation(
+    gw: GatewayProcess, seconds: float, connections: int, *, max_requests: int | None = None
+) -> dict[str, Any]:
+    reqs = signed_requests(gw, max_requests or int(4000 * seconds))
     url = gw.base_url + "/twilio/voice"
     latencies: list[float] = []
     errors = 0
@@ -152,6 +159,7 @@ async def saturation(gw: GatewayProcess, seconds: float, connections: int) -> di
         **percentiles(latencies),
         "errors": errors,
         "gateway_cpu_s": cpu,
+        "cpu_us_per_req": cpu / max(1, len(latencies)) * 1e6,
         "gen_lag_p99_ms": 0.0,
     }
 
@@ -176,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         gw = GatewayProcess(Path(tmp))
         gw.start()
         try:
+            asyncio.run(saturation(gw, 2.0, 8, max_requests=300))  # warm-up, not reported
             rows.append(asyncio.run(fixed_rate(gw, args.rate, args.seconds)))
             rows.append(asyncio.run(saturation(gw, args.saturation_seconds, args.connections)))
         finally:

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import orjson
+
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
     "vg_log_context",
     default={},  # noqa: B039 - never mutated: every change sets a new dict
@@ -62,9 +64,26 @@ class _MaskingFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (RFC 3339, milliseconds, UTC), level, logger, msg, the call
+    context, and exc when there is one; ASCII only (non-ASCII escaped), whatever the stream's
+    encoding. A webhook writes two lines at INFO, so this is kept cheap: orjson for the usual
+    all-ASCII line (json for the rest) and the timestamp's second formatted once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -72,6 +91,12 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "vg_context", {}))
         if record.exc_info:
             entry["exc"] = mask_phone(self.formatException(record.exc_info))
+        try:
+            line = orjson.dumps(entry).decode()
+            if line.isascii():  # what json writes too; json escapes anything else to ASCII
+                return line
+        except TypeError:  # e.g. a lone surrogate in a message
+            pass
         return json.dumps(entry, separators=(",", ":"))
 
 

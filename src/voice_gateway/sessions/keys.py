@@ -15,8 +15,8 @@ stream that hold it all carry the tag ``{bN}`` of its bucket and live in one slo
     <prefix>{bN}:deadlines          sorted set: session id -> expiry deadline (unix seconds)
     <prefix>{bN}:completed          stream: completed sessions for the archiver
 
-A session opened for a call gets an id in the CallSid's bucket (ids are minted until one
-lands there: 16 tries on average, microseconds), so a retried webhook finds the CallSid index
+A session opened for a call gets an id in the CallSid's bucket (candidates are drawn until one
+lands there: 16 tries on average, a few microseconds), so a retried webhook finds the CallSid index
 and the session in the same slot. ``BUCKETS`` is part of the data layout: changing it orphans
 live keys, so it is a constant, not a setting.
 """
@@ -34,27 +34,32 @@ def bucket_of(value: str) -> int:
     return zlib.crc32(value.encode()) % BUCKETS
 
 
-def _uuid4_strings(count: int) -> list[str]:
-    """``count`` random UUID4 strings from one ``os.urandom`` call (uuid.uuid4 per try is slow)."""
-    raw = bytearray(os.urandom(16 * count))
-    out = []
-    for i in range(0, 16 * count, 16):
-        raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
-        raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
-        h = raw[i : i + 16].hex()
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return out
+#: The RFC 4122 variant nibble (``10xx``) for each random hex digit; keeps the digit's low bits.
+_VARIANT = dict(zip("0123456789abcdef", "89ab89ab89ab89ab", strict=True))
+#: Candidate tails drawn per ``os.urandom`` call (a tail hits the wanted bucket 1 time in 16).
+_TAILS = 48
+_TAIL_HEX = 12
 
 
 def mint_session_id(same_bucket_as: str | None = None) -> str:
-    """A new UUID4 session id; in the bucket of ``same_bucket_as`` when given."""
+    """A new UUID4 session id; in the bucket of ``same_bucket_as`` when given.
+
+    One random head (``xxxxxxxx-xxxx-4xxx-Vxxx-``) and candidate 12-digit tails come from one
+    ``os.urandom`` read; the head's CRC-32 is computed once and continued over each tail
+    (``crc32(head + tail) == crc32(tail, crc32(head))``) until one lands in the bucket.
+    """
     if same_bucket_as is None:
         return str(uuid.uuid4())
     want = bucket_of(same_bucket_as)
     while True:
-        for candidate in _uuid4_strings(BUCKETS * 2):
-            if bucket_of(candidate) == want:
-                return candidate
+        h = os.urandom(10 + _TAILS * _TAIL_HEX // 2).hex()  # 20 head digits, then the tails
+        head = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-"
+        seed = zlib.crc32(head.encode())
+        tails = h[20:].encode()
+        for i in range(0, len(tails), _TAIL_HEX):
+            tail = tails[i : i + _TAIL_HEX]
+            if zlib.crc32(tail, seed) % BUCKETS == want:
+                return head + tail.decode()
 
 
 class Keys:
@@ -69,6 +74,11 @@ class Keys:
 
     def _tag(self, bucket: int) -> str:
         return f"{self.prefix}{{b{bucket}}}:"
+
+    def session_prefix_of(self, session_id: str) -> str:
+        """The session key less the id: every session in ``session_id``'s bucket starts so (the
+        OPEN script reads a retried call's session, in the same bucket, under it)."""
+        return f"{self._tag(bucket_of(session_id))}sess:"
 
     def session(self, session_id: str) -> str:
         return f"{self._tag(bucket_of(session_id))}sess:{session_id}"

@@ -140,6 +140,11 @@ class Lifecycle:
     async def history(self, session_id: str, offset: int = 0, limit: int = 100) -> list[Message]:
         return await self.store.get_messages(session_id, offset, limit)
 
+    async def mark_ending(self, session_id: str, end_reason: EndReason) -> None:
+        """The gateway is about to end this call (hang up): its status callback, or a sweeper,
+        will complete it with ``end_reason`` even if it gets there before the gateway does."""
+        await self.store.mark_ending(session_id, end_reason)
+
     async def set_deadline(
         self, session_id: str, in_seconds: float, expiry_reason: EndReason | None = None
     ) -> None:

@@ -39,6 +39,7 @@ class _Live:
     expires_at: float
     call_sid: str | None
     expiry_reason: EndReason | None = None
+    ending_reason: EndReason | None = None
     messages: list[Message] = field(default_factory=list)
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -185,7 +186,9 @@ class MemorySessionStore(SessionStore):
             raise SessionNotFound(session_id)
         if entry.session.status is not SessionStatus.ACTIVE:
             return None
-        if on_expiry and entry.expiry_reason is not None:
+        if entry.ending_reason is not None:
+            end_reason = entry.ending_reason
+        elif on_expiry and entry.expiry_reason is not None:
             end_reason = entry.expiry_reason
         measured = round(max(0.0, now.timestamp() - entry.created_ts), 3)
         entry.session.status = SessionStatus.COMPLETED
@@ -202,6 +205,9 @@ class MemorySessionStore(SessionStore):
         self._queue[f"0/{next(self._seq)}"] = _Queued(record)
         self._queue_changed.set()
         return record
+
+    async def mark_ending(self, session_id: str, end_reason: EndReason) -> None:
+        self._active(session_id).ending_reason = end_reason
 
     async def set_deadline(
         self, session_id: str, deadline: datetime, expiry_reason: EndReason | None = None

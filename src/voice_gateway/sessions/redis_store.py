@@ -7,13 +7,16 @@ here, at the boundary.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
@@ -52,6 +55,140 @@ INDEX_TTL = 30 * 86400
 RedisClient = aioredis.Redis | RedisCluster
 
 
+#: One script call: its keys and its arguments.
+_ScriptCall = tuple[list[str], list[Any]]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class Batcher(Generic[Item, Result]):
+    """Sends calls made while others are on their way in one go.
+
+    A call is sent at the next turn of the event loop together with every call made until
+    then; while ``max_in_flight`` batches are out, new calls wait and leave together as soon
+    as one comes back. Under light load every call goes alone, as soon as it is made; under
+    heavy load the batches grow with it, and so does what each costs less.
+
+    ``send`` gets the items and returns one result per item, in order: a result, or an
+    exception for that item alone. If ``send`` raises, every call of its batch raises that.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[Sequence[Item]], Awaitable[list[Result | BaseException]]],
+        *,
+        max_in_flight: int = 2,
+        max_batch: int = 128,
+    ) -> None:
+        self._send = send
+        self._max_in_flight = max_in_flight
+        self._max_batch = max_batch
+        self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._in_flight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, item: Item) -> Result:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        self._queue.append((item, future))
+        self._schedule(loop)
+        return await future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._scheduled and self._in_flight < self._max_in_flight:
+            self._scheduled = True
+            loop.call_soon(self._flush, loop)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._scheduled = False
+        while self._queue and self._in_flight < self._max_in_flight:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            self._in_flight += 1
+            task = loop.create_task(self._run(batch, loop))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self, batch: list[tuple[Item, asyncio.Future[Result]]], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        try:
+            results: list[Result | BaseException] = await self._send([i for i, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
+        except asyncio.CancelledError:  # the loop is closing: so are the callers
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            results = [exc] * len(batch)
+        finally:
+            self._in_flight -= 1
+            if self._queue:
+                self._schedule(loop)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # its caller was cancelled
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+class _Lanes:
+    """Connections of the batcher's own (one per batch in flight) to a single Redis server.
+
+    A batch is written in one go and its replies read back in order, under one timeout for the
+    whole batch (the pool's ``socket_timeout``), instead of redis-py's per-command path (a pool
+    checkout with a readiness probe, a retry wrapper, and a task per write for its timeout)."""
+
+    def __init__(self, pool: aioredis.ConnectionPool) -> None:
+        kwargs = dict(pool.connection_kwargs)
+        self._timeout: float = kwargs.get("socket_timeout") or 5.0
+        kwargs["socket_timeout"] = None  # the batch's timeout covers writes and reads
+        self._make = functools.partial(pool.connection_class, **kwargs)
+        self._free: list[Any] = []
+        self._all: list[Any] = []
+        self.closed = False
+
+    def take(self) -> Any:
+        if self.closed:
+            raise redis_errors.ConnectionError("the session store is closed")
+        if self._free:
+            return self._free.pop()
+        conn = self._make()
+        self._all.append(conn)
+        return conn
+
+    def give(self, conn: Any) -> None:
+        if not self.closed:
+            self._free.append(conn)
+
+    async def run(self, conn: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` and read a reply (or the error it is) for each."""
+        results: list[Any] = []
+        try:
+            async with asyncio.timeout(self._timeout):
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                for _ in commands:
+                    try:
+                        results.append(await conn.read_response(timeout=math.inf))
+                    except redis_errors.ResponseError as exc:  # that command's own error
+                        results.append(exc)
+        except TimeoutError:
+            await conn.disconnect()  # replies may still come: this connection is done
+            raise redis_errors.TimeoutError(f"no reply from Redis in {self._timeout}s") from None
+        return results
+
+    async def close(self) -> None:
+        self.closed = True
+        for conn in self._all:
+            await conn.disconnect()
+        self._all.clear()
+        self._free.clear()
+
+
 def _status_check(code: int, session_id: str) -> None:
     if code == -1:
         raise SessionNotFound(session_id)
@@ -86,6 +223,7 @@ class RedisSessionStore(SessionStore):
         self._grace = expiry_grace
         self._retention = completed_retention
         self._cluster = isinstance(client, RedisCluster)
+        self._lanes = None if isinstance(client, RedisCluster) else _Lanes(client.connection_pool)
         self._open = client.register_script(scripts.OPEN)
         self._update = client.register_script(scripts.UPDATE)
         self._increment = client.register_script(scripts.INCREMENT)
@@ -97,7 +235,10 @@ class RedisSessionStore(SessionStore):
         self._ack = client.register_script(scripts.ACK)
         self._claim_stream = client.register_script(scripts.CLAIM_STREAM)
         self._set_deadline = client.register_script(scripts.SET_DEADLINE)
+        self._mark_ending = client.register_script(scripts.MARK_ENDING)
         self._groups_ready: set[str] = set()
+        #: Opens made together (webhooks arriving at once) leave in one write.
+        self._opens: Batcher[_ScriptCall, Any] = Batcher(self._send_opens)
 
     @classmethod
     def from_url(
@@ -168,22 +309,73 @@ class RedisSessionStore(SessionStore):
             if bucket_of(call_sid) != bucket_of(session.id):
                 raise ValueError("a call's session id must be minted in the CallSid's bucket")
             keys.append(self.keys.call(call_sid))
+            fields["_call_key"] = keys[2]
         deadline = session.created_at.timestamp() + session.expiration_seconds
-        args: list[Any] = [session.id, self._ttl(session), repr(deadline)]
-        for k, v in fields.items():
-            args += [k, v]
+        # The fields travel as one JSON document (the script decodes it): packing ~70 separate
+        # arguments cost more than the rest of the call.
+        args = [
+            session.id,
+            self._ttl(session),
+            repr(deadline),
+            orjson.dumps([item for pair in fields.items() for item in pair]),
+            self.keys.session_prefix_of(session.id),
+        ]
         async with _guard("create"):
-            code, sid = await self._open(keys=keys, args=args)
-        if int(code) == 1:
+            result = await self._opens.call((keys, args))
+        code = int(result[0])
+        if code == 1:
             return session, True
-        if int(code) == -1:
+        if code == -1:
             raise ValueError(f"session id {session.id} already exists")
-        existing = await self.get(sid)
-        if existing is None:  # index outlived its session: drop it and open afresh
-            async with _guard("create"):
-                await self._r.delete(keys[2])
-            return await self.create(session, call_sid=call_sid)
-        return existing, False
+        # A retried webhook: the script read the call's session in the same step.
+        flat: list[str] = result[2]
+        return session_from_fields(dict(zip(flat[::2], flat[1::2], strict=True))), False
+
+    async def _send_opens(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """Run OPEN for each call, sent together: on one server over a connection of the
+        batcher's own, on a cluster alone as one EVALSHA or several as one pipeline. Per call,
+        redis-py's client path (pool, retries, a timeout task per write) cost several times
+        what sending and reading the script's reply does. A result or an exception per call."""
+        run = self._lane_evalsha if self._lanes is not None else self._client_evalsha
+        results = await run(self._open, calls)
+        again = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
+        if again:  # a restarted or failed-over Redis lost its scripts: load it, redo those
+            self._open.sha = await self._r.script_load(self._open.script)
+            redone = await run(self._open, [calls[i] for i in again])
+            for i, r in zip(again, redone, strict=True):
+                results[i] = r
+        return results
+
+    async def _lane_evalsha(self, script: Any, calls: Sequence[_ScriptCall]) -> list[Any]:
+        assert self._lanes is not None
+        commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+        conn = self._lanes.take()
+        try:
+            try:
+                return await self._lanes.run(conn, commands)
+            except redis_errors.ConnectionError:
+                # Like the pool's one retry: a connection idle across a Redis restart fails its
+                # first command. Once more on a fresh connection (a repeated OPEN for a call finds
+                # the session the first one made); not once the store is closing.
+                await conn.disconnect()
+                if self._lanes.closed:
+                    raise
+                return await self._lanes.run(conn, commands)
+        finally:
+            self._lanes.give(conn)
+
+    async def _client_evalsha(self, script: Any, calls: Sequence[_ScriptCall]) -> list[Any]:
+        if len(calls) == 1:
+            keys, args = calls[0]
+            try:
+                return [await self._r.evalsha(script.sha, len(keys), *keys, *args)]
+            except redis_errors.ResponseError as exc:  # that call's error
+                return [exc]
+        async with self._r.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
     async def get(self, session_id: str) -> Session | None:
         raw = await self._fields(session_id)
@@ -293,6 +485,13 @@ class RedisSessionStore(SessionStore):
         if code == 0:
             return None
         return _record(result[2], result[3])
+
+    async def mark_ending(self, session_id: str, end_reason: EndReason) -> None:
+        async with _guard("mark ending"):
+            code = await self._mark_ending(
+                keys=[self.keys.session(session_id)], args=[json.dumps(end_reason.value)]
+            )
+        _status_check(int(code), session_id)
 
     async def set_deadline(
         self, session_id: str, deadline: datetime, expiry_reason: EndReason | None = None
@@ -459,6 +658,8 @@ class RedisSessionStore(SessionStore):
             await self._r.ping()
 
     async def close(self) -> None:
+        if self._lanes is not None:
+            await self._lanes.close()
         await self._r.aclose()
 
 

@@ -15,21 +15,28 @@ local function bump_ttl(key, ttl)
 end
 """
 
-# KEYS: session, deadlines[, call]   ARGV: session_id, ttl, deadline, field, value, ...
+# KEYS: session, deadlines[, call]
+# ARGV: session_id, ttl, deadline, fields (one JSON array: name, value, name, value, ...; each
+#       value the field's JSON text; with a call, ``_call_key`` names KEYS[3]), session key
+#       prefix (``Keys.session_prefix_of``)
+# Returns {1, id} opened, {-1, id} the id is taken, {0, id, {name, value, ...}} the call already
+# has a session (read under the prefix: a call's session shares its CallSid's bucket). An index
+# that outlived its session is dropped and the session opened afresh.
 OPEN = (
     _BUMP_TTL
     + """
 if #KEYS == 3 then
   local existing = redis.call('GET', KEYS[3])
-  if existing then return {0, existing} end
+  if existing then
+    local current = redis.call('HGETALL', ARGV[5] .. existing)
+    if #current > 0 then return {0, existing, current} end
+    redis.call('DEL', KEYS[3])
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, ARGV[1]} end
 local ttl = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-if #KEYS == 3 then
-  redis.call('HSET', KEYS[1], '_call_key', KEYS[3])
-  redis.call('SET', KEYS[3], ARGV[1], 'EX', ttl)
-end
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[4])))
+if #KEYS == 3 then redis.call('SET', KEYS[3], ARGV[1], 'EX', ttl) end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 bump_ttl(KEYS[2], ttl)
@@ -102,6 +109,7 @@ return 1
 # KEYS: session, msgs, docs, deadlines, completed stream
 # ARGV: session_id, end_reason, ended_at, ended_ts, duration ('' = measure), retention, stream_ttl,
 #       on_expiry ('1': the sweeper is completing it: use the session's _expiry_reason if set)
+# A reason the gateway set with MARK_ENDING (it is hanging up) wins over both.
 # Returns {-1} unknown, {0} already completed, {1, entry_id, session_json, messages_json}.
 COMPLETE = (
     _BUMP_TTL
@@ -109,7 +117,10 @@ COMPLETE = (
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {-1} end
 if st ~= '"active"' then return {0} end
-if ARGV[8] == '1' then
+local ending = redis.call('HGET', KEYS[1], '_ending_reason')
+if ending then
+  ARGV[2] = ending
+elseif ARGV[8] == '1' then
   local reason = redis.call('HGET', KEYS[1], '_expiry_reason')
   if reason then ARGV[2] = reason end
 end
@@ -170,6 +181,17 @@ if current and current ~= 'null' then
   if ended == nil or ended == cjson.null then return 2 end
 end
 redis.call('HSET', KEYS[1], 'stream', ARGV[1], 'updated_at', ARGV[2])
+return 1
+"""
+
+# The gateway decided how an active call ends (it is about to hang up): whoever completes the
+# session from now on (the status callback the hang-up causes, a sweeper) uses this reason.
+# KEYS: session   ARGV: end_reason   Returns -1 unknown / 0 not active / 1.
+MARK_ENDING = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if st ~= '"active"' then return 0 end
+redis.call('HSET', KEYS[1], '_ending_reason', ARGV[1])
 return 1
 """
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import struct
@@ -60,10 +61,17 @@ def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with ``secret``, copied per token (keying costs as much as the MAC)."""
+    return hmac.new(secret, digestmod=hashlib.sha256)
+
+
 def _mac(secret: bytes, expiry_raw: bytes, session_id: str, call_sid: str) -> bytes:
     parts = [_VERSION, expiry_raw, session_id.encode("utf-8"), call_sid.encode("utf-8")]
-    message = b"".join(struct.pack(">I", len(p)) + p for p in parts)
-    return hmac.new(secret, message, hashlib.sha256).digest()
+    mac = _keyed(secret).copy()
+    mac.update(b"".join(struct.pack(">I", len(p)) + p for p in parts))
+    return mac.digest()
 
 
 def issue_stream_token(

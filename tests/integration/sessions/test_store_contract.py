@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, delete_prefix
+from tests.tcp_proxy import TcpProxy
 
 from voice_gateway.errors import AlreadyCompleted, SessionNotFound, StoreUnavailable
 from voice_gateway.sessions.keys import bucket_of, mint_session_id
@@ -145,6 +149,28 @@ async def test_complete_measures_duration_when_none_is_given(store: SessionStore
     assert record.session.end_reason is EndReason.HANGUP_BY_AGENT
     with pytest.raises(SessionNotFound):
         await store.complete("00000000-0000-4000-8000-000000000000", EndReason.COMPLETED, utcnow())
+
+
+async def test_an_ending_reason_wins_whoever_completes(store: SessionStore) -> None:
+    """The gateway marks how it is ending a call before it hangs up; the status callback (or a
+    sweeper) that gets there first completes the session with that reason, once."""
+    lc = Lifecycle(store)
+    callback_first, swept = call_session("CA" + "4" * 32), call_session("CA" + "5" * 32)
+    for session in (callback_first, swept):
+        await lc.open(session)
+        await lc.mark_ending(session.id, EndReason.HANGUP_BY_AGENT)
+    record = await lc.complete(callback_first.id, EndReason.COMPLETED, duration=7)
+    assert record.session.end_reason is EndReason.HANGUP_BY_AGENT
+    assert record.session.duration == 7.0  # Twilio's duration still counts
+    with pytest.raises(AlreadyCompleted):
+        await lc.complete(callback_first.id, EndReason.HANGUP_BY_AGENT)
+    await lc.set_deadline(swept.id, -1, EndReason.COMPLETED)  # it beats an expiry reason too
+    assert await lc.sweep() == [swept.id]
+    assert (await lc.get(swept.id)).end_reason is EndReason.HANGUP_BY_AGENT
+    with pytest.raises(AlreadyCompleted):
+        await lc.mark_ending(swept.id, EndReason.ERROR)
+    with pytest.raises(SessionNotFound):
+        await lc.mark_ending("00000000-0000-4000-8000-000000000000", EndReason.ERROR)
 
 
 async def test_deadline_index_finds_outlived_sessions_and_touch_extends(
@@ -364,3 +390,149 @@ async def test_a_burst_larger_than_the_pool_waits_instead_of_failing(redis_prefi
         assert all(g is not None for g in got)
     finally:
         await small.close()
+
+
+async def test_a_burst_of_calls_and_their_retries_opens_each_call_once(
+    store: SessionStore,
+) -> None:
+    # Webhooks arriving together (on Redis they share pipelines), each call retried while its
+    # first attempt is still on the way: one session per call, every attempt gets it.
+    calls = [call_session(f"CA{i:032x}") for i in range(40)]
+    attempts = [
+        (call.channel.sid or "", call if n == 0 else call_session(call.channel.sid or ""))
+        for n in range(3)
+        for call in calls
+    ]
+    results = await asyncio.gather(*(store.create(s, call_sid=sid) for sid, s in attempts))
+    by_call: dict[str, list[tuple[Session, bool]]] = {}
+    for (sid, _), result in zip(attempts, results, strict=True):
+        by_call.setdefault(sid, []).append(result)
+    for call in calls:
+        got = by_call[call.channel.sid or ""]
+        assert sum(created for _, created in got) == 1
+        assert len({s.id for s, _ in got}) == 1
+        stored = await store.get(got[0][0].id)
+        assert stored is not None and all(s == stored for s, _ in got)
+        assert (await store.get_by_call_sid(call.channel.sid or "")) == stored
+    assert await store.count_active() == len(calls)
+
+
+async def test_a_retried_webhook_gets_the_session_as_it_is_now(store: SessionStore) -> None:
+    lc = Lifecycle(store)
+    first = call_session()
+    await lc.open(first, call_sid=first.channel.sid)
+    await lc.set_summary(first.id, "said hello")
+    again, created = await lc.open(call_session(), call_sid=first.channel.sid)
+    assert not created
+    assert again == await lc.get(first.id)
+    assert again.summary == "said hello"
+
+
+async def test_a_call_index_that_outlived_its_session_opens_a_new_one(
+    redis_store: RedisSessionStore,
+) -> None:
+    first = call_session()
+    await redis_store.create(first, call_sid=first.channel.sid)
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.delete(redis_store.keys.session(first.id))  # expired before its index
+    finally:
+        await client.aclose()
+    second = call_session()
+    got, created = await redis_store.create(second, call_sid=second.channel.sid)
+    assert created and got == second
+    assert await redis_store.get_by_call_sid(second.channel.sid or "") == second
+
+
+async def test_session_fields_in_redis_are_one_json_text_each(
+    redis_store: RedisSessionStore,
+) -> None:
+    # The layout every reader (and every script) relies on: one compact JSON value per field,
+    # the store's own fields prefixed with "_".
+    session = call_session(name="Zoë", summary='said "hi" \\ ☎', duration=0.5)
+    await redis_store.create(session, call_sid=session.channel.sid)
+    client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        raw = await client.hgetall(redis_store.keys.session(session.id))
+    finally:
+        await client.aclose()
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    assert {k: v for k, v in raw.items() if not k.startswith("_")} == {
+        k: encode(v) for k, v in session.model_dump(mode="json").items()
+    }
+    assert raw["_call_key"] == redis_store.keys.call(session.channel.sid or "")
+    assert float(raw["_created_ts"]) == session.created_at.timestamp()
+
+
+async def test_opens_reload_the_script_after_the_script_cache_is_flushed(
+    redis_cluster_url: str, redis_prefix: str
+) -> None:
+    # A restarted or failed-over Redis has lost its scripts: one open alone (one EVALSHA)
+    # and a burst (one pipeline) both load it again. A private cluster, so no other test's
+    # scripts are flushed.
+    store = RedisSessionStore.from_url(redis_cluster_url, prefix=redis_prefix)
+    admin = RedisCluster.from_url("redis://" + redis_cluster_url.removeprefix("redis+cluster://"))
+    try:
+        lone = call_session("CA" + "a" * 32)
+        assert (await store.create(lone, call_sid=lone.channel.sid))[1]
+        await admin.script_flush()
+        again = call_session("CA" + "b" * 32)
+        assert (await store.create(again, call_sid=again.channel.sid))[1]
+        await admin.script_flush()
+        burst = [call_session(f"CA{i:032x}") for i in range(20)]
+        results = await asyncio.gather(*(store.create(s, call_sid=s.channel.sid) for s in burst))
+        assert all(created for _, created in results)
+        for s in burst:
+            assert await store.get(s.id) == s
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_opens_reconnect_after_a_cut_and_time_out_on_a_stuck_redis(
+    redis_prefix: str,
+) -> None:
+    # Opens go over connections of their own (not the pool's): a cut one is replaced on the
+    # next open, and a Redis that does not answer is StoreUnavailable within socket_timeout.
+    target = urlsplit(REDIS_URL)
+    proxy = await TcpProxy(target.port or 6379, target.hostname or "127.0.0.1").start()
+    pool = aioredis.BlockingConnectionPool.from_url(
+        f"redis://127.0.0.1:{proxy.port}{target.path}",
+        decode_responses=True,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+    )
+    store = RedisSessionStore(aioredis.Redis(connection_pool=pool), prefix=redis_prefix)
+    try:
+        first = call_session("CA" + "c" * 32)
+        assert (await store.create(first, call_sid=first.channel.sid))[1]
+        await proxy.stop()  # cuts every connection; the port listens again below
+        await proxy.start()
+        second = call_session("CA" + "d" * 32)
+        assert (await store.create(second, call_sid=second.channel.sid))[1]
+        proxy.delay = 2.0
+        with pytest.raises(StoreUnavailable):
+            stuck = call_session("CA" + "e" * 32)
+            await store.create(stuck, call_sid=stuck.channel.sid)
+        proxy.delay = 0.0
+        third = call_session("CA" + "f" * 32)
+        assert (await store.create(third, call_sid=third.channel.sid))[1]
+        for s in (first, second, third):
+            assert await store.get(s.id) == s
+        await proxy.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.create(call_session("CA" + "0" * 32), call_sid="CA" + "0" * 32)
+    finally:
+        await store.close()
+        await proxy.stop()
+        await delete_prefix(redis_prefix)
+
+
+async def test_a_closed_redis_store_opens_nothing(redis_prefix: str) -> None:
+    store = RedisSessionStore.from_url(REDIS_URL, prefix=redis_prefix)
+    session = call_session()
+    assert (await store.create(session, call_sid=session.channel.sid))[1]
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.create(call_session("CA" + "9" * 32), call_sid="CA" + "9" * 32)
+    await delete_prefix(redis_prefix)

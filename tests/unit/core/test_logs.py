@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -58,3 +59,31 @@ def test_json_lines_carry_the_call_context_and_masked_numbers() -> None:
     assert first["level"] == "warning"
     second = json.loads(JsonFormatter().format(records[1]))
     assert "call_sid" not in second
+
+
+def _record(msg: str, created: float) -> logging.LogRecord:
+    record = logging.LogRecord("test.logs", logging.INFO, __file__, 1, msg, None, None)
+    record.created = created
+    record.msecs = int((created - int(created)) * 1000) + 0.0
+    return record
+
+
+def test_json_timestamps_are_utc_with_milliseconds() -> None:
+    formatter = JsonFormatter()
+    for created in (1795313220.5357, 1795313220.0004, 1795313221.9999, 1700000000.25):
+        entry = json.loads(formatter.format(_record("x", created)))
+        ts = datetime.fromisoformat(entry["ts"])
+        assert entry["ts"] == ts.isoformat(timespec="milliseconds")
+        assert ts.utcoffset() == timedelta(0)
+        assert 0 <= created - ts.timestamp() < 0.001
+
+
+def test_json_lines_carry_any_text_in_ascii() -> None:
+    formatter = JsonFormatter()
+    for msg in ('Zoë said "hi" \\ ☎\n\t\x01\x7f\u2028', "a lone surrogate \ud800", "plain"):
+        line = formatter.format(_record(msg, 1795313220.5))
+        assert line.isascii()
+        ts = datetime.fromtimestamp(1795313220.5, UTC).isoformat(timespec="milliseconds")
+        entry = {"ts": ts, "level": "info", "logger": "test.logs", "msg": msg}
+        assert line == json.dumps(entry, separators=(",", ":"))  # what it always wrote
+        assert json.loads(line)["msg"] == msg

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from multidict import MultiDict
+from twilio.request_validator import RequestValidator
 
 from voice_gateway.errors import ConfigError
 from voice_gateway.telephony.signature import SignatureValidator, public_url, stream_url
@@ -323,3 +324,116 @@ def test_bad_public_base_is_a_config_error(base: str) -> None:
 def test_stream_path_with_query_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         stream_url("https://gw.example.com", "/twilio/stream?session=1")
+
+
+# --------------------------------------------------------------------------- twilio's own check
+#
+# ``SignatureValidator.validate`` computes the signature itself (cached URL forms, HMAC keyed
+# once). These hold it to twilio's ``RequestValidator.validate``, which it replaced on the hot
+# path, with the parameters normalised as the gateway always did (every value a list of str).
+
+
+class _Lists(dict[str, list[str]]):
+    def getall(self, key: str) -> list[str]:
+        return self[key]
+
+
+def _twilio_says(
+    token: str, url: str, params: dict[str, str | list[str]] | MultiDict[str], signature: str
+) -> bool:
+    lists = _Lists()
+    for key in params:
+        if isinstance(params, MultiDict):
+            lists[key] = [str(v) for v in params.getall(key)]
+        else:
+            value = params[key]
+            lists[key] = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    try:
+        return bool(RequestValidator(token).validate(url, lists, signature))
+    except Exception:
+        return False
+
+
+_urls = st.sampled_from(
+    [
+        "https://gw.example.com/twilio/voice",
+        "https://gw.example.com:443/twilio/voice",
+        "https://gw.example.com:8443/prefix/twilio/voice?tenant=acme&x=a+b",
+        "http://127.0.0.1:8080/twilio/voice",
+        "http://gw.example.com/twilio/status?",
+        "wss://gw.example.com/twilio/stream",
+        "ws://localhost:8080/twilio/stream",
+    ]
+) | st.text(max_size=40)
+_names = st.sampled_from(["CallSid", "From", "To", "Digits", "a", "A", "é"]) | st.text(max_size=6)
+_values = st.text(max_size=12)
+_params = st.dictionaries(_names, _values | st.lists(_values, max_size=3), max_size=6)
+_signing_urls = st.sampled_from(["as given", "port stripped", "default port added", "other"])
+
+
+def _signing_url(url: str, how: str) -> str:
+    from urllib.parse import urlparse
+
+    from twilio.request_validator import add_port, remove_port
+
+    try:
+        parsed = urlparse(url)
+        return {
+            "as given": url,
+            "port stripped": remove_port(parsed),
+            "default port added": add_port(parsed),
+            "other": "https://elsewhere.example.com/x",
+        }[how]
+    except ValueError:
+        return url
+
+
+@given(url=_urls, params=_params, how=_signing_urls, junk=st.none() | st.text(max_size=30))
+def test_validate_agrees_with_twilio_request_validator(
+    url: str, params: dict[str, str | list[str]], how: str, junk: str | None
+) -> None:
+    # A signature Twilio could have sent (for one of the URL's forms), or junk.
+    lists = _Lists({k: v if isinstance(v, list) else [v] for k, v in params.items()})
+    signature = junk or RequestValidator(TOKEN).compute_signature(_signing_url(url, how), lists)
+    assert SignatureValidator(TOKEN).validate(url, params, signature) is _twilio_says(
+        TOKEN, url, params, signature
+    )
+    assert SignatureValidator(TOKEN).sign(url, params) == RequestValidator(TOKEN).compute_signature(
+        url, lists
+    )
+
+
+@given(
+    pairs=st.lists(st.tuples(_names, _values), max_size=8),
+    how=_signing_urls,
+    url=_urls,
+)
+def test_validate_agrees_with_twilio_on_a_multidict_form(
+    pairs: list[tuple[str, str]], how: str, url: str
+) -> None:
+    form = MultiDict(pairs)
+    lists = _Lists()
+    for k, v in pairs:
+        lists.setdefault(k, []).append(v)
+    signature = RequestValidator(TOKEN).compute_signature(_signing_url(url, how), lists)
+    assert SignatureValidator(TOKEN).validate(url, form, signature) is _twilio_says(
+        TOKEN, url, form, signature
+    )
+
+
+def test_one_validator_per_token_and_no_token_never_validates() -> None:
+    assert SignatureValidator.for_token(TOKEN) is SignatureValidator.for_token(TOKEN)
+    assert SignatureValidator.for_token(TOKEN) is not SignatureValidator.for_token("54321")
+    assert SignatureValidator.check(TOKEN, URL, PARAMS, SIG)
+    assert not SignatureValidator.check("54321", URL, PARAMS, SIG)
+    assert not SignatureValidator.check(None, URL, PARAMS, SIG)
+    assert not SignatureValidator.check("", URL, PARAMS, SIG)
+
+
+def test_a_forged_signature_fails_on_every_form_of_the_url() -> None:
+    # With a port, without, with the default one: the cached URL forms never admit a forgery.
+    v = SignatureValidator(TOKEN)
+    for url in (URL, "https://mycompany.com:443/myapp.php?foo=1&bar=2", "http://h:8080/x"):
+        for _ in range(2):  # the second time the URL's forms come from the cache
+            assert not v.validate(url, PARAMS, "x" * 28)
+            assert v.validate(url, PARAMS, v.sign(url, PARAMS))
