@@ -53,6 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     asyncio.run(serve(create_app(settings), settings.host, settings.port))
     return 0
 
+#: How long a drained instance keeps listening after its last call, for the status callbacks.
+CALLBACK_LINGER_SECONDS = 2.0
+
 
 async def serve(app: web.Application, host: str, port: int) -> None:
     """Run until SIGTERM/SIGINT, then drain: readiness goes false while the listener stays
@@ -76,7 +79,10 @@ async def serve(app: web.Application, host: str, port: int) -> None:
         await stop.wait()
         log.info("shutdown requested: draining (up to %.0fs)", settings.drain_timeout_seconds)
         app[appkeys.DRAINING].set()
-        await app[appkeys.CALLS].drain(settings.drain_timeout_seconds)
+        if await app[appkeys.CALLS].drain(settings.drain_timeout_seconds):
+            # Twilio posts a call's status callback just after its stream ends: stay up a
+            # moment to take it (a lone instance would otherwise leave it to the sweeper).
+            await asyncio.sleep(min(CALLBACK_LINGER_SECONDS, settings.status_grace_seconds))
     finally:
         await runner.cleanup()
         log.info("voice-gateway stopped")

@@ -169,6 +169,15 @@ class Settings(BaseSettings):
         multiple_of=20,
         description="agent audio per media message: 20 ms frames, or longer to send fewer",
     )
+    inbound_read_interval_ms: int = Field(
+        0,
+        ge=0,
+        le=200,
+        description="read each media stream's socket at most this often while the caller's audio "
+        "cannot change anything at once (the agent is silent and no turn is about to end), so one "
+        "read takes several 20 ms frames: less CPU per call, at most this much later barge-in "
+        "and turn-start handling; 0 reads every frame as it arrives (docs/benchmarks.md)",
+    )
     call_lease_seconds: float = Field(
         30.0,
         ge=1,

@@ -151,6 +151,27 @@ async def test_agent_hang_up_waits_for_playback_then_hangs_up_over_rest(
     assert len(await gw.rows_for_call(result.call_sid)) == 1
 
 
+async def test_status_callback_racing_the_agent_hang_up_keeps_the_agent_reason(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """Twilio may post the hang-up's ``completed`` status callback before its API answers the
+    hang-up request: the session still ends ``hangup_by_agent``, once."""
+    gw = await gateway_factory("memory")
+    call = gw.call(audio=speech_audio() + silence(3000), dtmf=[(2600, "*")], status_callbacks=())
+    answered: list[int | None] = []
+
+    async def callback_first(call_sid: str, form: dict[str, str]) -> None:
+        if call_sid == call.call_sid and form.get("Status") == "completed":
+            answered.append(await call.post_status("completed", duration=3))
+
+    gw.api.before_answer = callback_first
+    result = await call.run()
+    assert answered and answered[0] is not None and answered[0] < 300, answered
+    row = await gw.archived(result.session_id or "")
+    assert row.end_reason is EndReason.HANGUP_BY_AGENT
+    assert len(await gw.rows_for_call(result.call_sid)) == 1
+
+
 async def test_transfer_redirects_with_dial_and_ends_transferred(
     gateway_factory: GatewayFactory,
 ) -> None:

@@ -3,7 +3,9 @@
 Per frame (``on_audio``) the bridge only runs the endpointer; everything that awaits (the
 agent, history writes, Twilio REST) happens on the bridge's worker task, one job at a time
 (a caller turn, or keypad input). History and counters are written at turn boundaries, never
-per frame.
+per frame, by a background flush: the next answer does not wait for them (on a slow Redis it
+would wait for their round trips). Flushes run one after another, so the history keeps its
+order, and a hang-up, transfer or stop waits for them before it writes the rest.
 
 Barge-in: when the caller has spoken for the barge-in threshold while an answer is playing or
 being produced, the bridge sends ``clear``, cancels the answer, tells the agent how much of it
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -60,6 +63,8 @@ PLAYOUT_SLACK_SECONDS = 5.0
 MAX_QUEUED_MS = 10_000
 #: At the end of a call, history writes retry this long through a store outage.
 STOP_RETRY_SECONDS = 15.0
+#: A hang-up or transfer under way when the stream ends may finish for this long.
+ENDING_WAIT_SECONDS = 10.0
 
 
 def to_agent_audio(ulaw: bytes, fmt: AudioFormat) -> bytes:
@@ -139,6 +144,8 @@ class AgentBridge:
         self._played: dict[str, asyncio.Event] = {}
         self._digits: list[str] = []
         self._gather_timer: asyncio.TimerHandle | None = None
+        self._flusher: asyncio.Task[None] | None = None  # the latest background flush
+        self._ending = False  # the worker is hanging up or transferring the call
         self._ended = False
 
     # -- CallBridge ---------------------------------------------------------------------------
@@ -160,6 +167,12 @@ class AgentBridge:
                     self._barge_in()
             elif isinstance(event, SpeechStarted):
                 pass
+
+    def audio_slack_ms(self) -> float:
+        if self._speaking():
+            return 0.0  # a barge-in must be heard at once
+        until_end = self.endpointer.ms_until_turn_end
+        return math.inf if until_end is None else float(until_end)
 
     def on_dtmf(self, digit: str) -> None:
         if not self.agent_config.dtmf_gather:
@@ -187,6 +200,11 @@ class AgentBridge:
         self._ended = True
         if self._gather_timer is not None:
             self._gather_timer.cancel()
+        if self._ending and self._worker is not None:
+            # Twilio ends the stream as soon as it hangs up or redirects the call, often before
+            # the gateway has recorded why: let that finish, or the session ends "completed"
+            # by the status callback instead of "error", "hangup-by-agent" or "transferred".
+            await asyncio.wait([self._worker], timeout=ENDING_WAIT_SECONDS)
         for task in (self._answer, self._worker):
             if task is not None and not task.done():
                 task.cancel()
@@ -249,12 +267,10 @@ class AgentBridge:
                 job = await self._jobs.get()
                 self._next_id += 1
                 self._answer_turn = self._next_id
-                self._answer = asyncio.create_task(self._run_job(job, self._next_id))
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._answer
-                if self._answer.cancelled() and self._ended:
+                await self._answer_job(job, self._next_id)
+                if self._answer is not None and self._answer.cancelled() and self._ended:
                     return
-                await self._flush_history()
+                self._flush_soon()
         except _CallOver:
             return
 
@@ -303,22 +319,35 @@ class AgentBridge:
                 log.warning("fallback agent %s failed too: %s", fallback.id, again.message)
         await self._flush_history()
         assert self.control is not None
+        self._ending = True
         await self.control.hang_up(EndReason.ERROR)
         raise _CallOver
 
-    async def _run_job(self, job: _Job, answer_id: int) -> None:
+    async def _answer_job(self, job: _Job, answer_id: int) -> None:
+        """Answer ``job`` on the answer task, which a barge-in cancels. An agent failure is
+        handled here, on the worker, so a barge-in cannot cut that short (and leave the call
+        with a dead agent): the fallback answers the job again, or the call is hung up."""
         for attempt in (1, 2):
             conversation = self.conversation
             if conversation is None:
                 raise _CallOver
+            self._answer = asyncio.create_task(
+                self._run_job(conversation, job, answer_id, retry=attempt > 1)
+            )
             try:
-                if job.kind == "turn":
-                    await self._answer_turn_job(conversation, job, answer_id, retry=attempt > 1)
-                else:
-                    await self._dtmf_job(conversation, job, answer_id)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._answer
                 return
             except AgentError as exc:
                 await self._agent_failed(exc)  # raises _CallOver when there is no way on
+
+    async def _run_job(
+        self, conversation: Conversation, job: _Job, answer_id: int, *, retry: bool
+    ) -> None:
+        if job.kind == "turn":
+            await self._answer_turn_job(conversation, job, answer_id, retry=retry)
+        else:
+            await self._dtmf_job(conversation, job, answer_id)
 
     async def _answer_turn_job(
         self, conversation: Conversation, job: _Job, answer_id: int, *, retry: bool
@@ -393,6 +422,7 @@ class AgentBridge:
                 self._record_answer(answer_id, spoken)
                 await self._wait_played(f"t{answer_id}")
                 await self._flush_history()
+                self._ending = True
                 await control.hang_up(EndReason.HANGUP_BY_AGENT)
                 raise _CallOver
             elif isinstance(event, Transfer):
@@ -404,6 +434,7 @@ class AgentBridge:
                 await self._wait_played(f"t{answer_id}")
                 self._pending.append(self.lifecycle.message("event", f"transferred to {target}"))
                 await self._flush_history()
+                self._ending = True
                 await control.transfer(target)
                 raise _CallOver
         tail = decoder.flush()
@@ -438,7 +469,24 @@ class AgentBridge:
         except TimeoutError:
             log.warning("playback of %s not confirmed within %.1fs; going on", label, timeout)
 
+    def _flush_soon(self) -> None:
+        """Flush in the background, after the flushes already started."""
+        self._flusher = asyncio.create_task(
+            self._flush_after(self._flusher), name=f"history-{self.session.id}"
+        )
+
+    async def _flush_after(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # it logs its own failures
+        await self._write_history()
+
     async def _flush_history(self, *, retry_budget: float = 0.0) -> None:
+        """Write pending history and counters now, after any background flush in flight."""
+        if self._flusher is not None:
+            await asyncio.wait([self._flusher])
+        await self._write_history(retry_budget=retry_budget)
+
+    async def _write_history(self, *, retry_budget: float = 0.0) -> None:
         """Write pending history and counters. If the store is down, they stay pending for
         the next flush (turn boundaries); the last flush retries for up to ``retry_budget``."""
         pending, self._pending = self._pending, []

@@ -266,6 +266,14 @@ class Endpointer:
         """True between a SpeechStarted and its TurnEnded/TurnDiscarded."""
         return self._in_turn
 
+    @property
+    def ms_until_turn_end(self) -> int | None:
+        """Audio still needed to end the open turn on silence (it shrinks frame by frame as the
+        caller stays quiet, and is back at ``end_silence_ms`` on speech); None out of a turn."""
+        if not self._in_turn:
+            return None
+        return (self._end_frames - self._silence_run) * FRAME_MS
+
     # -- feeding -----------------------------------------------------------------------------
 
     def push(self, ulaw_frame: bytes) -> list[Event]:

@@ -50,6 +50,11 @@ def caller_recording_info() -> dict[str, Any]:
     return data
 
 
+def caller_recording_speech() -> list[tuple[int, int]]:
+    """The recording's utterances as inclusive frame ranges: its exact turn boundaries."""
+    return [(u["start_frame"], u["end_frame"]) for u in caller_recording_info()["utterances"]]
+
+
 def silence(ms: int) -> bytes:
     """``ms`` milliseconds of digital silence (0xFF)."""
     return bytes([ULAW_SILENCE]) * (SAMPLE_RATE * ms // 1000)

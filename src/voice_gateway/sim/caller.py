@@ -208,6 +208,11 @@ class CallConfig:
     #: Extra or replacement form fields for the incoming-call webhook.
     extra_params: Mapping[str, str] = field(default_factory=dict)
     caller_name: str | None = None
+    #: Where the speech in ``audio`` is, as inclusive frame ranges (the fixture's exact turn
+    #: boundaries: :func:`~voice_gateway.sim.audio.caller_recording_speech`); repeated with the
+    #: audio when it loops. None = find it with the energy detector, which misplaces a soft
+    #: ending (a decay below its threshold) by up to ~120 ms.
+    speech: Sequence[tuple[int, int]] | None = None
     #: Pace media at 20 ms per frame (True), or send as fast as possible (False).
     realtime: bool = True
     http_timeout: float = 15.0
@@ -215,6 +220,20 @@ class CallConfig:
     close_timeout: float = 5.0
     #: Where the fake REST API finds this call (hang-up, redirect). None = not reachable.
     registry: SimRegistry | None = None
+
+
+def _known_speech(config: CallConfig) -> list[SpeechSegment]:
+    """``config.speech`` as segments of the frames the call sends (the audio looped or cut to
+    ``loop_seconds``, as :meth:`SimulatedCall._frames` does)."""
+    assert config.speech is not None
+    period = -(-len(config.audio) // FRAME_BYTES)  # frames of one pass of the audio
+    total = period if config.loop_seconds is None else round(config.loop_seconds * 1000 / FRAME_MS)
+    out: list[SpeechSegment] = []
+    for offset in range(0, total, period or 1):
+        for start, end in config.speech:
+            if offset + end < total:
+                out.append(SpeechSegment(offset + start, offset + end))
+    return out
 
 
 # --------------------------------------------------------------------------- results
@@ -253,6 +272,8 @@ class CallResult:
     send_times_ms: list[float] = field(default_factory=list)
     #: Whether each sent frame carried speech (energy detector).
     speech_flags: list[bool] = field(default_factory=list)
+    #: The known speech of the audio (``CallConfig.speech``), looped; None = use ``speech_flags``.
+    known_speech: list[SpeechSegment] | None = None
     #: How late each frame was sent relative to its schedule (ms).
     lateness_ms: list[float] = field(default_factory=list)
     media_received: int = 0
@@ -289,7 +310,11 @@ class CallResult:
         return percentile(self.lateness_ms, 99) or 0.0
 
     def utterances(self) -> list[SpeechSegment]:
-        """The caller's utterances, as frame indices into what was sent."""
+        """The caller's utterances, as frame indices into what was sent: the known speech
+        boundaries when the call had them, else what the energy detector heard."""
+        if self.known_speech is not None:
+            sent = self.frames_sent
+            return [seg for seg in self.known_speech if seg.end_frame < sent]
         return speech_segments(self.speech_flags)
 
     def turn_latencies_ms(self) -> list[float]:
@@ -374,6 +399,8 @@ class SimulatedCall:
         self.result = CallResult(
             call_sid=self.call_sid, account_sid=config.account_sid, stream_sid=self.stream_sid
         )
+        if config.speech is not None:
+            self.result.known_speech = _known_speech(config)
         self._http = http
         self._own_http = http is None
         self._validator = SignatureValidator(config.auth_token)

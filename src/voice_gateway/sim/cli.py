@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from voice_gateway.sim.audio import caller_recording
+from voice_gateway.sim.audio import caller_recording, caller_recording_speech
 from voice_gateway.sim.caller import (
     DEFAULT_FROM,
     DEFAULT_TO,
@@ -253,6 +253,9 @@ async def _simulate(
             "from_number": args.from_number,
             "to_number": args.to_number,
             "audio": audio,
+            # The packaged recording comes with its exact turn boundaries; other audio is
+            # segmented by the energy detector.
+            "speech": caller_recording_speech() if args.audio is None else None,
             "loop_seconds": args.loop,
             "trailing_silence_ms": args.trailing_silence,
             "webhook_query": f"{test_marker}=1" if args.test else "",

@@ -18,6 +18,7 @@ import base64
 import binascii
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -96,6 +97,10 @@ class FakeTwilioApi:
         self._failures: dict[str, _Failure] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
+        #: Awaited with (CallSid, form) before an authorized update is answered: a test can make
+        #: something happen "while Twilio handles the request" (real Twilio may post the status
+        #: callback of a hang-up before its API answers).
+        self.before_answer: Callable[[str, dict[str, str]], Awaitable[None]] | None = None
 
     # -- control ----------------------------------------------------------------------------
 
@@ -211,6 +216,8 @@ class FakeTwilioApi:
         call_sid = request.match_info["call_sid"]
         form = {k: str(v) for k, v in (await request.post()).items()}
         authorized = self._authorized(request) and account_sid == self.account_sid
+        if authorized and self.before_answer is not None:
+            await self.before_answer(call_sid, form)
         response = self._answer(request, account_sid, call_sid, form, authorized)
         self.requests.append(ApiRequest(account_sid, call_sid, form, authorized, response.status))
         log.info("fake Twilio API: update of %s %s -> %d", call_sid, sorted(form), response.status)

@@ -11,6 +11,7 @@ I/O schedules it on its own tasks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,6 +64,11 @@ class CallBridge(Protocol):
     def on_audio(self, ulaw: bytes) -> None:
         """One inbound media chunk (normally 20 ms = 160 bytes). Must not block."""
 
+    def audio_slack_ms(self) -> float:
+        """How late the next inbound audio may arrive without delaying anything the bridge
+        does (0 while the caller could barge in, the time left before a turn could end, or
+        ``inf``): the stream may read the socket less often within it."""
+
     def on_dtmf(self, digit: str) -> None: ...
 
     def on_played(self, label: str) -> None:
@@ -80,6 +86,9 @@ class SilentBridge:
 
     def on_audio(self, ulaw: bytes) -> None:
         return None
+
+    def audio_slack_ms(self) -> float:
+        return math.inf
 
     def on_dtmf(self, digit: str) -> None:
         return None

@@ -23,6 +23,9 @@ from voice_gateway.sessions.models import EndReason
 
 log = logging.getLogger(__name__)
 
+#: Lease renewals in flight at once (each holds a pooled Redis connection for a round trip).
+RENEW_CONCURRENCY = 32
+
 
 class _Stream(Protocol):
     @property
@@ -90,19 +93,36 @@ class CallRegistry:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
-            for session_id in list(self._streams):
+            await self._renew_round()
+
+    async def _renew_round(self) -> None:
+        """Renew every live lease, ``RENEW_CONCURRENCY`` at a time: one by one, a round takes
+        calls x round trip, which on a slow Redis outlasts the lease (600 ms x 10 calls > 6 s)
+        and lets a sweeper end live calls. The round stops at the first store failure."""
+        pending = list(self._streams)
+        failure: GatewayError | None = None
+
+        async def renew() -> None:
+            nonlocal failure
+            while pending and failure is None:
                 try:
-                    await self.lease(session_id)
+                    await self.lease(pending.pop())
                 except (AlreadyCompleted, SessionNotFound):
                     continue
                 except GatewayError as exc:
-                    log.warning("lease renewal failed, retrying next round: %s", exc.message)
-                    break
+                    failure = exc
 
-    async def drain(self, grace: float) -> None:
-        """Let live calls run up to ``grace`` s, then end the rest (going-away)."""
+        await asyncio.gather(*(renew() for _ in range(min(RENEW_CONCURRENCY, len(pending)))))
+        if failure is not None:
+            log.warning("lease renewal failed, retrying next round: %s", failure.message)
+
+    async def drain(self, grace: float) -> bool:
+        """Let live calls run up to ``grace`` s, then end the rest (going-away). True if there
+        were live calls (their status callbacks are still to come)."""
+        had_calls = bool(self._streams)
         if self._streams:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace)
         for stream in list(self._streams.values()):
             await stream.shutdown()
+        return had_calls

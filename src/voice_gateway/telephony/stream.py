@@ -55,9 +55,9 @@ def handshake_ok(request: web.Request) -> bool:
         return False
     signature = request.headers.get("X-Twilio-Signature")
     url = stream_url(settings.public_url, request.rel_url.raw_path)
-    validator = SignatureValidator(settings.twilio_auth_token.get_secret_value())
     # Twilio signs the wss URL of the <Stream>; a proxy may have rewritten ws -> http.
-    return validator.validate(url, {}, signature)
+    token = settings.twilio_auth_token.get_secret_value()
+    return SignatureValidator.check(token, url, None, signature)
 
 
 async def media_stream_handler(request: web.Request) -> web.StreamResponse:
@@ -73,8 +73,78 @@ async def media_stream_handler(request: web.Request) -> web.StreamResponse:
         app[appkeys.METRICS].stream_errors.labels("signature").inc()
         await ws.close(code=codec.CLOSE_POLICY_VIOLATION, message=b"invalid signature")
         return ws
-    await MediaStream(app, ws).run()
+    stream = MediaStream(app, ws)
+    if settings.inbound_read_interval_ms:
+        _ReadCoalescer.install(request, stream, settings.inbound_read_interval_ms / 1000)
+    await stream.run()
     return ws
+
+
+class _ReadCoalescer(asyncio.Protocol):
+    """Reads a media stream's socket less often while nothing is waiting on the caller's audio.
+
+    Twilio sends one websocket message per 20 ms frame, and each costs a wake-up, a read and a
+    task switch. Installed in front of the connection's protocol once the websocket is open, this
+    stops reading for ``interval`` after each read while the bridge's audio slack allows it (the
+    agent is not speaking, so there is no barge-in to hear, and no turn can end within two
+    intervals), so one read then takes several frames. Every byte is still passed on, in order.
+    Everything else is forwarded to aiohttp's protocol, and its own flow control is respected.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        inner: asyncio.Protocol,
+        stream: MediaStream,
+        interval: float,
+    ) -> None:
+        self.transport = transport
+        self.inner = inner
+        self.stream = stream
+        self.interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._holding = False
+
+    @classmethod
+    def install(cls, request: web.Request, stream: MediaStream, interval: float) -> None:
+        transport = request.transport
+        if not isinstance(transport, asyncio.Transport):
+            return
+        inner = transport.get_protocol()
+        if isinstance(inner, asyncio.BufferedProtocol) or not isinstance(inner, asyncio.Protocol):
+            return  # a transport that reads into the protocol's buffer: leave it alone
+        transport.set_protocol(cls(transport, inner, stream, interval))
+
+    def data_received(self, data: bytes) -> None:
+        self.stream.socket_reads += 1
+        self.inner.data_received(data)
+        if self._holding or self.transport.is_closing() or not self.transport.is_reading():
+            return
+        # The frames of this read are not processed yet: keep a margin of one more interval.
+        if self.stream.audio_slack_ms() < 2000 * self.interval + FRAME_MS:
+            return
+        self._holding = True
+        self.transport.pause_reading()
+        self._loop.call_later(self.interval, self._resume)
+
+    def _resume(self) -> None:
+        self._holding = False
+        inner = self.inner  # aiohttp may have paused reading itself meanwhile (a full queue)
+        if getattr(inner, "_reading_paused", False) or getattr(inner, "_buffer_paused", False):
+            return
+        self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
 
 
 class _Refused(Exception):
@@ -103,6 +173,7 @@ class MediaStream:
         self.frames_in = 0
         self.frames_out = 0
         self.sequence_gaps = 0
+        self.socket_reads = 0  # counted when reads are coalesced (inbound_read_interval_ms)
         self._last_seq = 0
         self._clock_ms = 0
         self._unflushed_in = 0
@@ -145,6 +216,12 @@ class MediaStream:
     def clock_ms(self) -> int:
         return self._clock_ms
 
+    def audio_slack_ms(self) -> float:
+        """How late the caller's next audio may be handled without delaying anything."""
+        if self.playback.queued_ms or self._clear_pending:
+            return 0.0
+        return self.bridge.audio_slack_ms()
+
     async def _complete(self, end_reason: EndReason) -> None:
         """Complete this call's session, retrying through a short store outage."""
         assert self.session is not None
@@ -161,15 +238,33 @@ class MediaStream:
 
     async def hang_up(self, end_reason: EndReason = EndReason.HANGUP_BY_AGENT) -> None:
         twilio = self._twilio()
+        self._ended_by = end_reason
+        if self.session is not None:
+            # The hang-up's status callback may reach the gateway (any instance) before Twilio's
+            # API answers, or between the two writes below: marked first, the session then
+            # ends with this reason whoever completes it.
+            sid = self.session.id
+            try:
+                await with_retry(
+                    lambda: self.lifecycle.mark_ending(sid, end_reason), what="end reason"
+                )
+            except (AlreadyCompleted, SessionNotFound):
+                log.info("hang-up: session already completed call_sid=%s", self.call_sid)
+            except GatewayError as exc:  # the store is down: hang up all the same
+                log.warning(
+                    "hang-up: could not mark the end reason: %s call_sid=%s",
+                    exc.message,
+                    self.call_sid,
+                )
         try:
             await twilio.hang_up(self.call_sid)
         except CallAlreadyEnded:
             log.info("hang-up: call already ended call_sid=%s", self.call_sid)
-        self._ended_by = end_reason
-        if self.session is not None:
-            await self._record_stream_end()  # before completing, or the counters are lost
-            await self._complete(end_reason)
-        await self.ws.close(code=codec.CLOSE_NORMAL, message=b"hang-up")
+        finally:
+            if self.session is not None:
+                await self._record_stream_end()  # before completing, or the counters are lost
+                await self._complete(end_reason)
+            await self.ws.close(code=codec.CLOSE_NORMAL, message=b"hang-up")
 
     async def transfer(self, target: str) -> None:
         twilio = self._twilio()
@@ -378,12 +473,13 @@ class MediaStream:
         self.metrics.calls_active.dec()
         self.registry.release(self.session.id, self)
         log.info(
-            "media stream ended (%s) call_sid=%s frames_in=%d frames_out=%d gaps=%d",
+            "media stream ended (%s) call_sid=%s frames_in=%d frames_out=%d gaps=%d reads=%s",
             reason,
             self.call_sid,
             self.frames_in,
             self.frames_out,
             self.sequence_gaps,
+            self.socket_reads or "-",
         )
         if self._ended_by is None:
             # hang-up / transfer / shutdown recorded the end before completing the session.

@@ -398,3 +398,22 @@ def test_a_louder_caller_gives_the_same_turns() -> None:
     assert [(t.start_frame, t.end_frame_exclusive) for t in turns(run(louder))] == [
         (t.start_frame, t.end_frame_exclusive) for t in turns(run(audio))
     ]
+
+
+def test_ms_until_turn_end_counts_down_through_the_silence_and_resets_on_speech() -> None:
+    from voice_gateway.sim.audio import silence, tone
+
+    ep = Endpointer(EndpointerConfig(end_silence_ms=600))
+    frames = lambda audio: [audio[i : i + 160] for i in range(0, len(audio), 160)]  # noqa: E731
+    for frame in frames(silence(200)):
+        ep.push(frame)
+    assert ep.ms_until_turn_end is None  # no turn open
+    for frame in frames(tone(400)):
+        ep.push(frame)
+    assert ep.ms_until_turn_end == 600  # talking: a whole silence to go
+    left = []
+    for frame in frames(silence(580)):
+        ep.push(frame)
+        left.append(ep.ms_until_turn_end)
+    assert left == list(range(580, 0, -20))
+    assert turns(ep.push(frames(silence(20))[0])) and ep.ms_until_turn_end is None

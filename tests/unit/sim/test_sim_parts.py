@@ -211,3 +211,30 @@ def test_summary_lines() -> None:
     assert "close codes            1000 x1, 1008 x1" in text
     assert "turn latency p50       220 ms" in text
     assert "generator lateness     max 2.0 ms" in text
+
+
+def test_known_speech_boundaries_replace_the_energy_detector() -> None:
+    """With the fixture's exact boundaries, utterances end where the recording says, not where
+    the energy detector loses a soft ending (it cuts the first utterance 6 frames early)."""
+    from voice_gateway.sim.audio import caller_recording, caller_recording_speech
+    from voice_gateway.sim.caller import CallConfig, SimulatedCall
+
+    audio = caller_recording()
+    speech = caller_recording_speech()
+    assert speech[0] == (50, 184)
+    heard = speech_segments(
+        [frame_is_speech(audio[i : i + 160]) for i in range(0, len(audio), 160)]
+    )
+    assert heard[0].end_frame < speech[0][1]  # why the boundaries are needed
+
+    looped = SimulatedCall(
+        CallConfig("http://gw", "token", audio=audio, speech=speech, loop_seconds=41.0)
+    ).result
+    looped.frames_sent = 2050  # the 41 s sent: the fixture (919 frames) twice and a bit
+    segments = [(s.start_frame, s.end_frame) for s in looped.utterances()]
+    assert segments[:4] == speech
+    assert segments[4:] == [(a + 919, b + 919) for a, b in speech] + [(50 + 1838, 184 + 1838)]
+
+    cut_short = SimulatedCall(CallConfig("http://gw", "token", audio=audio, speech=speech)).result
+    cut_short.frames_sent = 300  # the call ended during the second utterance
+    assert [(s.start_frame, s.end_frame) for s in cut_short.utterances()] == [speech[0]]
