@@ -14,7 +14,8 @@ Reported per N:
 - gateway CPU-seconds per call-minute of caller audio (utime+stime of the gateway and its
   children from /proc, over the whole wave);
 - turn response latency p50/p95/p99: last speech frame sent -> first reply frame received
-  (it includes the configured end-of-turn silence, 600 ms by default);
+  (it includes the configured end-of-turn silence, 600 ms by default); the last speech frame
+  is the fixture's exact turn boundary, not the simulator's energy detector's guess;
 - unanswered turns (utterances with no reply before the next one started);
 - generator lateness (how far behind its 20 ms schedule the simulator sent); a run whose
   generator fell behind (p99 > 20 ms or max > 200 ms) is marked INVALID: its latencies
@@ -62,10 +63,11 @@ async def _run_calls(
 ) -> list[dict[str, Any]]:
     import aiohttp
 
-    from voice_gateway.sim.audio import caller_recording
+    from voice_gateway.sim.audio import caller_recording, caller_recording_speech
     from voice_gateway.sim.caller import CallConfig, SimulatedCall
 
     audio = caller_recording()
+    speech = caller_recording_speech()  # the fixture's exact turn boundaries
     results: list[dict[str, Any]] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
@@ -76,6 +78,7 @@ async def _run_calls(
                 auth_token=token,
                 account_sid=account_sid,
                 audio=audio,
+                speech=speech,
                 loop_seconds=seconds,
                 trailing_silence_ms=1500,
                 http_timeout=60.0,
@@ -172,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--outbound-frame-ms", type=int, default=None, help="gateway setting outbound_frame_ms"
     )
+    parser.add_argument(
+        "--inbound-read-interval-ms",
+        type=int,
+        default=None,
+        help="gateway setting inbound_read_interval_ms (read coalescing)",
+    )
     parser.add_argument("--smoke", action="store_true", help="5 calls of 10 s: checks it works")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -183,9 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         extra = {}
         if args.outbound_frame_ms:
             extra["VOICE_GATEWAY_OUTBOUND_FRAME_MS"] = str(args.outbound_frame_ms)
+        if args.inbound_read_interval_ms is not None:
+            extra["VOICE_GATEWAY_INBOUND_READ_INTERVAL_MS"] = str(args.inbound_read_interval_ms)
         gw = GatewayProcess(Path(tmp), cpu=0 if multi_core else None, extra_env=extra)
         gw.start()
         try:
+            # Warm-up (not reported): the first calls import and initialise what the gateway
+            # loads lazily (agents, VAD, codecs), ~2 CPU-s that would be charged to the first N.
+            run_wave(gw, 2, 1, 0.0, 3.0, 1 if multi_core else None)
             for n in (int(x) for x in args.calls.split(",")):
                 row = run_wave(
                     gw,

@@ -48,11 +48,17 @@ def peak_rss_mb(pid: int) -> float:
 
 @dataclass
 class GatewayProcess:
-    """``voice-gateway serve`` on a free port, Redis-backed, pinned to ``cpu`` when possible."""
+    """``voice-gateway serve`` on a free port, Redis-backed, pinned to ``cpu`` when possible.
+
+    ``command``: argv to run instead of ``voice-gateway serve`` (same environment, working
+    directory, pinning and ``/healthz`` readiness check), e.g. ``benchmarks/bare_loop.py``'s
+    reference server.
+    """
 
     workdir: Path
     cpu: int | None = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    command: list[str] | None = None
     auth_token: str = field(default_factory=lambda: secrets.token_hex(16))
     account_sid: str = "AC" + "b" * 32
     port: int = field(default_factory=free_port)
@@ -79,7 +85,7 @@ class GatewayProcess:
                 **self.extra_env,
             }
         )
-        cmd = [sys.executable, "-m", "voice_gateway.cli", "serve"]
+        cmd = self.command or [sys.executable, "-m", "voice_gateway.cli", "serve"]
         if self.cpu is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(self.cpu), *cmd]
         self.log = (self.workdir / "gateway.log").open("wb")

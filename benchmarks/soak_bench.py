@@ -84,10 +84,11 @@ async def _run_slots(
 ) -> None:
     import aiohttp
 
-    from voice_gateway.sim.audio import caller_recording
+    from voice_gateway.sim.audio import caller_recording, caller_recording_speech
     from voice_gateway.sim.caller import CallConfig, SimulatedCall
 
     audio = caller_recording()
+    speech = caller_recording_speech()  # the fixture's exact turn boundaries
     loop = asyncio.get_running_loop()
     stop_at = loop.time() + seconds
     # Stagger the first calls over one call's length, so the slots do not end (and start)
@@ -102,6 +103,7 @@ async def _run_slots(
                 auth_token=token,
                 account_sid=account_sid,
                 audio=audio,
+                speech=speech,
                 loop_seconds=call_seconds,
                 trailing_silence_ms=1000,
                 http_timeout=60.0,
