@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
-    from benchmarks.calls_bench import run_wave
+    from benchmarks.calls_bench import run_waves
     from benchmarks.common import print_table, write_json
     from benchmarks.gateway_proc import GatewayProcess
 
@@ -269,22 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, str(Path(__file__).resolve()), "--serve"]
     if args.uvloop:
         command.append("--uvloop")
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         server = GatewayProcess(Path(tmp), cpu=0 if multi_core else None, command=command)
         server.start()
         try:
-            for n in (int(x) for x in args.calls.split(",")):
-                row = run_wave(
-                    server,
-                    n,
-                    max(1, min(args.workers, n)),
-                    args.ramp,
-                    args.seconds,
-                    1 if multi_core else None,
-                )
-                print(f"N={n}: {row}", flush=True)
-                rows.append(row)
+            rows = run_waves(server, args.calls, args.workers, args.ramp, args.seconds, multi_core)
         finally:
             with contextlib.suppress(redis.RedisError):  # stop() sweeps Redis; nothing to sweep
                 server.stop()

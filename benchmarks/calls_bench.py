@@ -164,6 +164,19 @@ def run_wave(
     }
 
 
+def run_waves(
+    server: GatewayProcess, calls: str, workers: int, ramp: float, seconds: float, multi_core: bool
+) -> list[dict[str, Any]]:
+    """One ``run_wave`` per N of the comma-separated ``calls``, each printed as it ends; the
+    simulator on core 1 when there is one (the server is on core 0)."""
+    rows = []
+    for n in (int(x) for x in calls.split(",")):
+        row = run_wave(server, n, max(1, min(workers, n)), ramp, seconds, 1 if multi_core else None)
+        print(f"N={n}: {row}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.calls, args.workers, args.ramp, args.seconds = "5", 1, 1.0, 10.0
     multi_core = (os.cpu_count() or 1) > 1
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         extra = {}
         if args.outbound_frame_ms:
@@ -200,17 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             # Warm-up (not reported): the first calls import and initialise what the gateway
             # loads lazily (agents, VAD, codecs), ~2 CPU-s that would be charged to the first N.
             run_wave(gw, 2, 1, 0.0, 3.0, 1 if multi_core else None)
-            for n in (int(x) for x in args.calls.split(",")):
-                row = run_wave(
-                    gw,
-                    n,
-                    max(1, min(args.workers, n)),
-                    args.ramp,
-                    args.seconds,
-                    1 if multi_core else None,
-                )
-                print(f"N={n}: {row}", flush=True)
-                rows.append(row)
+            rows = run_waves(gw, args.calls, args.workers, args.ramp, args.seconds, multi_core)
         finally:
             gw.stop()
     print_table(

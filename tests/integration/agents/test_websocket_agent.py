@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from voice_gateway.agents.base import (
@@ -20,13 +18,6 @@ from voice_gateway.agents.example_server import ExampleAgentServer
 from voice_gateway.agents.websocket import WebSocketAgent
 from voice_gateway.errors import AgentError
 from voice_gateway.sessions.models import Message, Session, Tool
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ExampleAgentServer]:
-    srv = ExampleAgentServer()
-    yield srv
-    await srv.close()
 
 
 def context() -> AgentContext:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,6 @@ from voice_gateway.errors import AgentError
 from voice_gateway.sessions.models import Session
 
 READ_TIMEOUT = 2.0
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ExampleAgentServer]:
-    srv = ExampleAgentServer()
-    yield srv
-    await srv.close()
 
 
 def context() -> AgentContext:
