@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
+import time
 import zlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -82,6 +84,7 @@ _REASON_MAX = 300
 UPDATABLE_FIELDS = frozenset(
     {"name", "summary", "session_label_id", "metadata", "situation", "situation_template"}
 )
+
 
 
 class ArchiveRejected(GatewayError):
@@ -469,6 +472,45 @@ class _ExportQuery:
         return f"SELECT {_postgres_columns()} FROM {self.table}{where} ORDER BY created_at, id"
 
 
+#: Pauses between attempts to switch a new SQLite archive to WAL (see ``_enable_wal``).
+_WAL_RETRY_DELAYS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+def _enable_wal(path: str, busy_timeout: float) -> None:
+    """Put the SQLite file in WAL mode, waiting up to ``busy_timeout`` for other connections.
+
+    Switching the journal mode needs the write lock, and SQLite refuses it at once (no busy
+    handler, "database is locked") while another connection holds it, to avoid a deadlock:
+    instances that open a new archive together hit that. WAL is then persistent, so this runs
+    once per ``open``, in a thread (it sleeps), before the engine's first connection.
+    """
+    deadline = time.monotonic() + busy_timeout
+    attempt = 0
+    while True:
+        try:
+            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise ArchiveUnavailable(
+                    f"cannot open the SQLite archive {path}: {_reason(exc)}"
+                ) from exc
+            if time.monotonic() >= deadline:
+                raise ArchiveUnavailable(
+                    f"the SQLite archive {path} stayed locked for {busy_timeout:.1f}s: "
+                    f"{_reason(exc)}"
+                ) from exc
+            time.sleep(_WAL_RETRY_DELAYS[min(attempt, len(_WAL_RETRY_DELAYS) - 1)])
+            attempt += 1
+            continue
+        if mode is None or str(mode[0]).lower() != "wal":
+            log.warning("SQLite archive %s kept journal mode %s (WAL not available)", path, mode)
+        return
+
+
 class Archive:
     """Completed sessions and their history; the source of the analytics export."""
 
@@ -513,6 +555,11 @@ class Archive:
             raise ConfigError("an archive schema is supported on PostgreSQL only", key="schema")
         if backend == "sqlite":
             base = cls._sqlite_engine(sa_url, display, busy_timeout)
+            try:
+                await asyncio.to_thread(_enable_wal, str(sa_url.database), busy_timeout)
+            except BaseException:
+                await base.dispose()
+                raise
         else:
             base = create_async_engine(
                 sa_url,
@@ -563,7 +610,7 @@ class Archive:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             try:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                # WAL is a property of the file, switched on once by ``_enable_wal`` at open.
                 cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
                 cursor.execute("PRAGMA foreign_keys=ON")
             finally:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
+import threading
+import time
 from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -435,3 +438,51 @@ async def test_sessions_from_any_time_zone_sort_by_instant(archive: Archive) -> 
     assert [s.id for s in listed] == [late.id, early.id]
     assert all(s.created_at.tzinfo is not None for s in listed)
     assert listed[1].created_at == T0.astimezone(UTC)
+
+
+def _hold_write_lock(path: Path, seconds: float, held: threading.Event) -> None:
+    """Another process's writer on a new (rollback-journal) SQLite file, for ``seconds``."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS other (x)")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO other VALUES (1)")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_sqlite_open_waits_out_a_writer_holding_a_new_file(tmp_path: Path) -> None:
+    """Switching a file to WAL is refused at once, without the busy timeout, while another
+    connection writes (how instances opening a new archive together used to fail)."""
+    path = tmp_path / "archive.db"
+    held = threading.Event()
+    writer = threading.Thread(target=_hold_write_lock, args=(path, 0.4, held))
+    writer.start()
+    try:
+        assert await asyncio.to_thread(held.wait, 5)
+        archive = await Archive.open(f"sqlite:///{path}", busy_timeout=5.0)
+        try:
+            await archive.upsert([make_record()])
+            assert await archive.count_sessions() == 1
+        finally:
+            await archive.close()
+    finally:
+        await asyncio.to_thread(writer.join)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_sqlite_open_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "archive.db"
+    held = threading.Event()
+    writer = threading.Thread(target=_hold_write_lock, args=(path, 1.5, held))
+    writer.start()
+    try:
+        assert await asyncio.to_thread(held.wait, 5)
+        with pytest.raises(ArchiveUnavailable, match="locked"):
+            await Archive.open(f"sqlite:///{path}", busy_timeout=0.3)
+    finally:
+        await asyncio.to_thread(writer.join)
