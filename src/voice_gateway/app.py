@@ -168,10 +168,14 @@ async def _telephony_ctx(app: web.Application) -> AsyncIterator[None]:
             base_url=settings.twilio_api_base_url,
         )
     app[appkeys.TWILIO] = twilio
-    leases = asyncio.create_task(registry.renew_leases(app[appkeys.STOPPING]), name="leases")
+    stopping = app[appkeys.STOPPING]
+    tasks = [
+        asyncio.create_task(registry.renew_leases(stopping), name="leases"),
+        asyncio.create_task(registry.watch_pacing(stopping), name="pacing-watchdog"),
+    ]
     yield
-    app[appkeys.STOPPING].set()
-    await leases
+    stopping.set()
+    await asyncio.gather(*tasks)
     if twilio is not None:
         await twilio.close()
 

@@ -1,5 +1,6 @@
-"""``inbound_read_interval_ms``: reading a caller's socket less often loses nothing, takes several
-frames per read while the line is quiet, and still hears a barge-in and a turn end at once."""
+"""``inbound_read_interval_ms`` (read pacing, on by default): reading a caller's socket less often
+loses nothing, takes several frames per read, and still hears a barge-in and a turn end as soon
+as the frame that carries it arrives."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ async def test_coalesced_reads_lose_nothing_and_hear_barge_in_and_turn_end_at_on
     reads = int(re.search(r"reads=(\d+)", ended).group(1))  # type: ignore[union-attr]
     assert reads < 0.7 * result.frames_sent, (reads, result.frames_sent)
 
-    # The caller talked over the echo: cleared as fast as without coalescing (no read is held
-    # while the agent speaks).
+    # The caller talked over the echo: cleared as fast as without pacing (while the agent
+    # speaks, no read is held past the earliest frame that could barge in).
     assert len(result.barge_in_ms()) == 1 and result.barge_in_ms()[0] <= 100, result.barge_in_ms()
     # Both turns answered, and the turn end was not held back by a full interval.
     latencies = result.turn_latencies_ms()

@@ -41,6 +41,7 @@ from voice_gateway.agents.base import (
     cut_history,
 )
 from voice_gateway.audio.endpointer import (
+    FRAME_MS,
     BargeInCandidate,
     Endpointer,
     EndpointerConfig,
@@ -169,10 +170,17 @@ class AgentBridge:
                 pass
 
     def audio_slack_ms(self) -> float:
+        """How long the caller's next frame may wait without delaying a decision: until the
+        earliest frame that could end the caller's turn, or, while an answer plays or is being
+        made, barge in on it (80 ms of speech by default, so up to 60 ms while the caller is
+        quiet; 0 once the caller is talking over the answer)."""
+        endpointer = self.endpointer
+        frames = endpointer.frames_until_turn_end
         if self._speaking():
-            return 0.0  # a barge-in must be heard at once
-        until_end = self.endpointer.ms_until_turn_end
-        return math.inf if until_end is None else float(until_end)
+            barge = endpointer.frames_until_barge_in
+            if barge is not None and (frames is None or barge < frames):
+                frames = barge
+        return math.inf if frames is None else float((frames - 1) * FRAME_MS)
 
     def on_dtmf(self, digit: str) -> None:
         if not self.agent_config.dtmf_gather:

@@ -55,21 +55,26 @@ class Archiver:
         batch_size: int = 100,
         claim_idle_ms: int = 30_000,
         block_ms: int = 1000,
+        linger_ms: int = 250,
         metrics: Metrics | None = None,
     ) -> None:
         if not consumer:
             raise ValueError("an archiver needs a consumer name")
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        if claim_idle_ms < 0 or block_ms < 0:
-            raise ValueError("claim_idle_ms and block_ms must not be negative")
+        if claim_idle_ms < 0 or block_ms < 0 or linger_ms < 0:
+            raise ValueError("claim_idle_ms, block_ms and linger_ms must not be negative")
         self.store = store
         self.archive = archive
         self.consumer = consumer
         self.batch_size = batch_size
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = block_ms
+        #: Under load (the last write ended less than this ago) a short batch waits this long
+        #: for more records: one transaction per few sessions instead of one per session.
+        self.linger_ms = linger_ms
         self.metrics = metrics
+        self._last_write_at = -math.inf
         #: Sessions written since this archiver started.
         self.written = 0
         # Claiming scans every bucket of the queue: do it at most twice per idle period.
@@ -175,6 +180,10 @@ class Archiver:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def _busy(self) -> bool:
+        """Records are coming in faster than one per ``linger_ms``: worth waiting for more."""
+        return time.monotonic() - self._last_write_at < self.linger_ms / 1000
+
     async def _fetch_unless_stopped(self, stop: asyncio.Event) -> list[CompletedEntry]:
         """A blocking fetch that gives up as soon as ``stop`` is set. Entries a cancelled read
         had already taken stay pending and are claimed again after ``claim_idle_ms``."""
@@ -208,7 +217,14 @@ class Archiver:
                     batch = await self._fetch_unless_stopped(stop)
                     if not batch:
                         continue
+                    if self._busy() and len(batch) < self.batch_size:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), self.linger_ms / 1000)
+                        batch += await self.store.read_completed(
+                            self.consumer, self.batch_size - len(batch), block_ms=0
+                        )
                 await self._write_and_ack(batch)
+                self._last_write_at = time.monotonic()
                 batch = []
                 delay = BACKOFF_INITIAL
                 continue

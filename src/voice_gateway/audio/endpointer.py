@@ -267,12 +267,29 @@ class Endpointer:
         return self._in_turn
 
     @property
-    def ms_until_turn_end(self) -> int | None:
-        """Audio still needed to end the open turn on silence (it shrinks frame by frame as the
-        caller stays quiet, and is back at ``end_silence_ms`` on speech); None out of a turn."""
+    def frames_until_turn_end(self) -> int | None:
+        """The earliest of the coming frames that could end the open turn: 1 = the next one.
+
+        It counts down frame by frame while the caller stays quiet (a turn ends on the
+        ``end_silence_ms`` silence, or is cut at ``max_turn_ms``) and is back at the whole
+        silence on speech; None out of a turn (a turn must start before it can end)."""
         if not self._in_turn:
             return None
-        return (self._end_frames - self._silence_run) * FRAME_MS
+        to_silence = self._end_frames - self._silence_run
+        to_max = self._max_frames - (self._frame + 1 - self._start)
+        return max(1, min(to_silence, to_max))
+
+    @property
+    def frames_until_barge_in(self) -> int | None:
+        """The earliest of the coming frames that could emit ``BargeInCandidate``, were all of
+        them speech: 1 = the next one; None once this turn has sent it. Out of a turn, a turn
+        must start first (``start_ms`` within the window) and carry ``barge_in_ms``."""
+        if self._in_turn:
+            if self._barge_sent:
+                return None
+            return max(1, self._barge_frames - self._run_speech)
+        needed = max(self._start_frames, self._barge_frames)
+        return max(1, needed - len(self._recent_speech))
 
     # -- feeding -----------------------------------------------------------------------------
 

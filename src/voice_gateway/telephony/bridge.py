@@ -65,9 +65,10 @@ class CallBridge(Protocol):
         """One inbound media chunk (normally 20 ms = 160 bytes). Must not block."""
 
     def audio_slack_ms(self) -> float:
-        """How late the next inbound audio may arrive without delaying anything the bridge
-        does (0 while the caller could barge in, the time left before a turn could end, or
-        ``inf``): the stream may read the socket less often within it."""
+        """How long the next inbound frame may wait before it is handled without delaying
+        anything the bridge does (until the earliest frame that could barge in or end a turn;
+        0 when the very next one could; ``inf`` when none could): the stream reads the socket
+        less often within it (``telephony/pacing.py``)."""
 
     def on_dtmf(self, digit: str) -> None: ...
 

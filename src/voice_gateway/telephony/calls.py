@@ -20,6 +20,7 @@ from typing import Protocol
 from voice_gateway.errors import AlreadyCompleted, GatewayError, SessionNotFound, StoreUnavailable
 from voice_gateway.sessions.lifecycle import Lifecycle, with_retry
 from voice_gateway.sessions.models import EndReason
+from voice_gateway.telephony.pacing import WATCHDOG_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class _Stream(Protocol):
     @property
     def queued_ms(self) -> int: ...
 
+    def pacing_watchdog(self) -> None: ...
+
     async def shutdown(self) -> None: ...
 
 
@@ -39,6 +42,8 @@ class CallRegistry:
         self._lifecycle = lifecycle
         self.lease_seconds = lease_seconds
         self._streams: dict[str, _Stream] = {}
+        # Set once a live stream's end is written into its session (see ``stream_recorded``).
+        self._recorded: dict[str, asyncio.Event] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -53,8 +58,21 @@ class CallRegistry:
         if session_id in self._streams:
             return False
         self._streams[session_id] = stream
+        self._recorded[session_id] = asyncio.Event()
         self._idle.clear()
         return True
+
+    def stream_recorded(self, session_id: str) -> None:
+        """The stream of ``session_id`` claimed here is over and its end is in the session
+        (or will never be: it was refused): a status callback waiting for it may go on."""
+        event = self._recorded.pop(session_id, None)
+        if event is not None:
+            event.set()
+
+    def recording(self, session_id: str) -> asyncio.Event | None:
+        """Set when this process's stream of ``session_id`` has recorded its end; None when
+        this process has no such stream (it may be live on another instance)."""
+        return self._recorded.get(session_id)
 
     def release(self, session_id: str, stream: _Stream) -> None:
         if self._streams.get(session_id) is stream:
@@ -94,6 +112,15 @@ class CallRegistry:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             await self._renew_round()
+
+    async def watch_pacing(self, stop: asyncio.Event, interval: float = WATCHDOG_SECONDS) -> None:
+        """Background loop: a paced stream whose frames stopped reads on arrival again
+        (``telephony/pacing.py``)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            for stream in list(self._streams.values()):
+                stream.pacing_watchdog()
 
     async def _renew_round(self) -> None:
         """Renew every live lease, ``RENEW_CONCURRENCY`` at a time: one by one, a round takes

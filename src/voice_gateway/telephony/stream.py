@@ -35,6 +35,7 @@ from voice_gateway.sessions.lifecycle import with_retry
 from voice_gateway.sessions.models import EndReason, Session, StreamInfo, utcnow
 from voice_gateway.telephony import media as codec
 from voice_gateway.telephony.bridge import CallBridge, CallInfo, SilentBridge
+from voice_gateway.telephony.pacing import InboundPacer
 from voice_gateway.telephony.playback import FRAME_MS, Playback
 from voice_gateway.telephony.rest import TwilioRestClient
 from voice_gateway.telephony.signature import SignatureValidator, stream_url
@@ -75,64 +76,37 @@ async def media_stream_handler(request: web.Request) -> web.StreamResponse:
         return ws
     stream = MediaStream(app, ws)
     if settings.inbound_read_interval_ms:
-        _ReadCoalescer.install(request, stream, settings.inbound_read_interval_ms / 1000)
+        stream.pacer = InboundPacer.for_transport(
+            request.transport, settings.inbound_read_interval_ms
+        )
+        if stream.pacer is not None:
+            _ReadCounter.install(request, stream)
     await stream.run()
     return ws
 
 
-class _ReadCoalescer(asyncio.Protocol):
-    """Reads a media stream's socket less often while nothing is waiting on the caller's audio.
+class _ReadCounter(asyncio.Protocol):
+    """Counts a paced stream's socket reads (``reads=`` in its end-of-stream log line: frames
+    per read is what pacing saves). It sits in front of aiohttp's protocol and forwards every
+    call unchanged."""
 
-    Twilio sends one websocket message per 20 ms frame, and each costs a wake-up, a read and a
-    task switch. Installed in front of the connection's protocol once the websocket is open, this
-    stops reading for ``interval`` after each read while the bridge's audio slack allows it (the
-    agent is not speaking, so there is no barge-in to hear, and no turn can end within two
-    intervals), so one read then takes several frames. Every byte is still passed on, in order.
-    Everything else is forwarded to aiohttp's protocol, and its own flow control is respected.
-    """
-
-    def __init__(
-        self,
-        transport: asyncio.Transport,
-        inner: asyncio.Protocol,
-        stream: MediaStream,
-        interval: float,
-    ) -> None:
-        self.transport = transport
+    def __init__(self, inner: asyncio.Protocol, stream: MediaStream) -> None:
         self.inner = inner
         self.stream = stream
-        self.interval = interval
-        self._loop = asyncio.get_running_loop()
-        self._holding = False
 
     @classmethod
-    def install(cls, request: web.Request, stream: MediaStream, interval: float) -> None:
+    def install(cls, request: web.Request, stream: MediaStream) -> None:
         transport = request.transport
         if not isinstance(transport, asyncio.Transport):
             return
         inner = transport.get_protocol()
         if isinstance(inner, asyncio.BufferedProtocol) or not isinstance(inner, asyncio.Protocol):
             return  # a transport that reads into the protocol's buffer: leave it alone
-        transport.set_protocol(cls(transport, inner, stream, interval))
+        transport.set_protocol(cls(inner, stream))
 
     def data_received(self, data: bytes) -> None:
         self.stream.socket_reads += 1
         self.inner.data_received(data)
-        if self._holding or self.transport.is_closing() or not self.transport.is_reading():
-            return
-        # The frames of this read are not processed yet: keep a margin of one more interval.
-        if self.stream.audio_slack_ms() < 2000 * self.interval + FRAME_MS:
-            return
-        self._holding = True
-        self.transport.pause_reading()
-        self._loop.call_later(self.interval, self._resume)
-
-    def _resume(self) -> None:
-        self._holding = False
-        inner = self.inner  # aiohttp may have paused reading itself meanwhile (a full queue)
-        if getattr(inner, "_reading_paused", False) or getattr(inner, "_buffer_paused", False):
-            return
-        self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()
@@ -173,7 +147,8 @@ class MediaStream:
         self.frames_in = 0
         self.frames_out = 0
         self.sequence_gaps = 0
-        self.socket_reads = 0  # counted when reads are coalesced (inbound_read_interval_ms)
+        self.socket_reads = 0  # counted when reads are paced (inbound_read_interval_ms)
+        self.pacer: InboundPacer | None = None
         self._last_seq = 0
         self._clock_ms = 0
         self._unflushed_in = 0
@@ -218,9 +193,19 @@ class MediaStream:
 
     def audio_slack_ms(self) -> float:
         """How late the caller's next audio may be handled without delaying anything."""
-        if self.playback.queued_ms or self._clear_pending:
+        if self._clear_pending:
             return 0.0
         return self.bridge.audio_slack_ms()
+
+    def _unpace(self) -> None:
+        """Stop pacing for good: the stream is closing."""
+        if self.pacer is not None:
+            self.pacer.stop()
+
+    def pacing_watchdog(self) -> None:
+        """Periodic: a paced stream that read no frame since the last call reads on arrival."""
+        if self.pacer is not None:
+            self.pacer.watchdog(self.frames_in)
 
     async def _complete(self, end_reason: EndReason) -> None:
         """Complete this call's session, retrying through a short store outage."""
@@ -264,6 +249,7 @@ class MediaStream:
             if self.session is not None:
                 await self._record_stream_end()  # before completing, or the counters are lost
                 await self._complete(end_reason)
+            self._unpace()  # the close handshake's reply is small: read it on arrival
             await self.ws.close(code=codec.CLOSE_NORMAL, message=b"hang-up")
 
     async def transfer(self, target: str) -> None:
@@ -293,6 +279,10 @@ class MediaStream:
                 _Refused(codec.CLOSE_PROTOCOL_ERROR, f"malformed frame: {exc.message}")
             )
             return
+        except BaseException:
+            if self.session is not None:  # claimed, then failed to start: let it go again
+                await self._finish("start failed")
+            raise
         reason = "socket closed"
         try:
             reason = await self._pump()
@@ -337,10 +327,15 @@ class MediaStream:
             sample_rate=start.media_format.sample_rate,
             channels=start.media_format.channels,
         )
-        if not self.registry.claim(session_id, self) or not await self.lifecycle.claim_stream(
-            session_id, info
-        ):
-            self.registry.release(session_id, self)
+        if not self.registry.claim(session_id, self):
+            raise _Refused(codec.CLOSE_DUPLICATE_STREAM, "the call already has a live stream")
+        try:
+            claimed = await self.lifecycle.claim_stream(session_id, info)
+        except BaseException:
+            self._unclaim(session_id)
+            raise
+        if not claimed:
+            self._unclaim(session_id)
             raise _Refused(codec.CLOSE_DUPLICATE_STREAM, "the call already has a live stream")
         self.session = session.model_copy(update={"stream": info})
         try:
@@ -357,6 +352,10 @@ class MediaStream:
         await self.bridge.start(
             CallInfo(self.session, start.call_sid, start.stream_sid, start.account_sid), self
         )
+
+    def _unclaim(self, session_id: str) -> None:
+        self.registry.release(session_id, self)
+        self.registry.stream_recorded(session_id)
 
     async def _refuse(self, refusal: _Refused) -> None:
         log.warning(
@@ -375,6 +374,8 @@ class MediaStream:
         parse = codec.parse_inbound
         media_type = codec.Media
         bridge_audio = self.bridge.on_audio
+        pacer = self.pacer
+        slack = self.audio_slack_ms
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
                 if msg.type is WSMsgType.BINARY:
@@ -408,6 +409,8 @@ class MediaStream:
                     self.metrics.frames_in.inc(self._unflushed_in)
                     self._unflushed_in = 0
                 bridge_audio(event.payload)
+                if pacer is not None:
+                    pacer.after_frame(len(msg.data), slack())
             elif isinstance(event, codec.Mark):
                 self._last_seq = max(self._last_seq, event.sequence_number)
                 for label in self.playback.on_mark(event.name, time.monotonic()):
@@ -432,6 +435,7 @@ class MediaStream:
 
     async def _close_with(self, code: int, reason: str) -> None:
         self.metrics.stream_errors.labels(str(code)).inc()
+        self._unpace()
         await self.ws.close(code=code, message=reason.encode())
 
     async def _send_loop(self) -> None:
@@ -456,6 +460,7 @@ class MediaStream:
                 self.metrics.frames_out.inc(sent)
 
     async def _finish(self, reason: str) -> None:
+        self._unpace()
         if self._sender is not None:
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
@@ -481,15 +486,21 @@ class MediaStream:
             self.sequence_gaps,
             self.socket_reads or "-",
         )
+        try:
+            if self._ended_by is None:
+                # hang-up / transfer / shutdown recorded the end before completing the session.
+                await self._record_stream_end()
+        finally:
+            # A status callback that came first waits for this (webhooks._await_stream_end).
+            self.registry.stream_recorded(self.session.id)
         if self._ended_by is None:
-            # hang-up / transfer / shutdown recorded the end before completing the session.
-            await self._record_stream_end()
             # The call completes on its status callback; if none comes in time, a sweeper
             # (of any instance) completes it from here.
             await self.registry.stream_ended(
                 self.session.id, self.settings.status_grace_seconds, self.call_sid
             )
         if not self.ws.closed:
+            self._unpace()
             await self.ws.close(code=codec.CLOSE_NORMAL)
 
     async def _record_stream_end(self) -> None:
@@ -527,4 +538,5 @@ class MediaStream:
                     self.session.id, "event", "call ended by gateway shutdown (drain timeout)"
                 )
             await self._complete(EndReason.ERROR)
+        self._unpace()
         await self.ws.close(code=codec.CLOSE_GOING_AWAY, message=b"gateway shutting down")

@@ -14,6 +14,7 @@ than a well-formed form, or over ``max_body_bytes``: 400.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -249,7 +250,8 @@ async def status_callback(request: web.Request) -> web.Response:
         end_reason = TERMINAL_STATUSES.get(status)
         if end_reason is not None:
             duration = _duration(form.get("CallDuration"))
-            await _await_stream_end(lifecycle.store, session)
+            recorded = app[appkeys.CALLS].recording(session.id)
+            await _await_stream_end(lifecycle.store, session, recorded)
             try:
                 await lifecycle.complete(session.id, end_reason, duration=duration)
             except (AlreadyCompleted, SessionNotFound):
@@ -265,20 +267,33 @@ async def status_callback(request: web.Request) -> web.Response:
         metrics.webhook_seconds.labels("status").observe(time.perf_counter() - started)
 
 
-async def _await_stream_end(store: SessionStore, session: Session) -> None:
-    """Wait (up to ``STREAM_END_WAIT_SECONDS``) while the session's stream is live."""
+async def _await_stream_end(
+    store: SessionStore, session: Session, recorded: asyncio.Event | None
+) -> None:
+    """Wait (up to ``STREAM_END_WAIT_SECONDS``) while the session's stream is live, so its
+    counters are in the session before it completes. A stream of this process says when it
+    has recorded its end (``recorded``); one on another instance is polled, 20 ms doubling to
+    200 ms between reads."""
     deadline = time.monotonic() + STREAM_END_WAIT_SECONDS
     current: Session | None = session
+    delay = 0.02
     while (
         current is not None
         and current.is_active
         and current.stream is not None
         and current.stream.ended_at is None
     ):
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             log.info("final status before the stream ended call_sid=%s", session.channel.sid)
             return
-        await asyncio.sleep(0.02)
+        if recorded is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recorded.wait(), left)
+            recorded = None  # recorded (or timed out): read the session once more
+        else:
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.2)
         current = await store.get(session.id)
 
 

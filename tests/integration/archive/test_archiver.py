@@ -106,6 +106,36 @@ async def test_run_archives_as_sessions_complete_and_stops_promptly(
     assert await store.completed_backlog() == (0, 0)
 
 
+async def test_under_load_a_short_batch_lingers_and_sessions_share_a_transaction(
+    store: SessionStore, archive: Archive, backend: Backend
+) -> None:
+    """Sessions completing close together are written together (one transaction, so one
+    ``archived_at``), not one transaction each; an isolated one does not wait the linger."""
+    lifecycle = Lifecycle(store)
+    archiver = Archiver(store, archive, consumer="archiver-1", block_ms=100, linger_ms=1000)
+
+    def count_is(n: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await archive.count_sessions() == n
+
+        return check
+
+    async with running(archiver):
+        (first,) = await complete_calls(lifecycle, 1)
+        await eventually(count_is(1), within=0.8)  # well inside the 1 s linger
+        # the archiver has just written: three more sessions, 50 ms apart
+        later = []
+        for _ in range(3):
+            later += await complete_calls(lifecycle, 1)
+            await asyncio.sleep(0.05)
+        await eventually(count_is(4))
+    await assert_archived_once(archive, backend, [first, *later])
+    stamps = await backend.scalar(
+        f"SELECT count(DISTINCT archived_at) FROM sessions WHERE id <> '{first.session.id}'"
+    )
+    assert stamps == 1, "the three close completions went into one transaction"
+
+
 async def test_two_archivers_on_one_archive_write_each_session_once(
     store: SessionStore, backend: Backend
 ) -> None:

@@ -400,20 +400,73 @@ def test_a_louder_caller_gives_the_same_turns() -> None:
     ]
 
 
-def test_ms_until_turn_end_counts_down_through_the_silence_and_resets_on_speech() -> None:
+def _frames_of(audio: bytes) -> list[bytes]:
+    return [audio[i : i + 160] for i in range(0, len(audio), 160)]
+
+
+def test_frames_until_turn_end_counts_down_through_the_silence_and_resets_on_speech() -> None:
     from voice_gateway.sim.audio import silence, tone
 
     ep = Endpointer(EndpointerConfig(end_silence_ms=600))
-    frames = lambda audio: [audio[i : i + 160] for i in range(0, len(audio), 160)]  # noqa: E731
-    for frame in frames(silence(200)):
+    for frame in _frames_of(silence(200)):
         ep.push(frame)
-    assert ep.ms_until_turn_end is None  # no turn open
-    for frame in frames(tone(400)):
+    assert ep.frames_until_turn_end is None  # no turn open
+    for frame in _frames_of(tone(400)):
         ep.push(frame)
-    assert ep.ms_until_turn_end == 600  # talking: a whole silence to go
+    assert ep.frames_until_turn_end == 30  # talking: a whole silence to go
     left = []
-    for frame in frames(silence(580)):
+    for frame in _frames_of(silence(580)):
         ep.push(frame)
-        left.append(ep.ms_until_turn_end)
-    assert left == list(range(580, 0, -20))
-    assert turns(ep.push(frames(silence(20))[0])) and ep.ms_until_turn_end is None
+        left.append(ep.frames_until_turn_end)
+    assert left == list(range(29, 0, -1))
+    # the frame it names as the earliest is the one that ends the turn
+    assert turns(ep.push(_frames_of(silence(20))[0])) and ep.frames_until_turn_end is None
+
+
+def test_frames_until_turn_end_counts_the_max_length_cut() -> None:
+    from voice_gateway.sim.audio import silence, tone
+
+    ep = Endpointer(EndpointerConfig(max_turn_ms=1000, min_turn_ms=100))
+    for frame in _frames_of(silence(200)):
+        ep.push(frame)
+    left = []
+    events: list[object] = []
+    for frame in _frames_of(tone(1500)):
+        events = ep.push(frame)
+        left.append(ep.frames_until_turn_end)
+        if turns(events):
+            break
+    # a silence could end it 30 frames on; once the 50-frame cut is nearer, that is the bound
+    opened = next(i for i, n in enumerate(left) if n is not None)
+    assert left[opened:-1] == [min(30, n) for n in range(50 - opened - 1, 0, -1)], left
+    assert [t.reason for t in turns(events)] == ["max_length"]
+
+
+def test_frames_until_barge_in_names_the_frame_that_emits_it() -> None:
+    from voice_gateway.sim.audio import silence, tone
+
+    cfg = EndpointerConfig(start_ms=80, barge_in_ms=200)
+    ep = Endpointer(cfg)
+    for frame in _frames_of(silence(200)):
+        ep.push(frame)
+    assert ep.frames_until_barge_in == 10  # nothing heard yet: 200 ms of speech to go
+    speech = _frames_of(tone(400))
+    predicted, emitted_at = None, None
+    for i, frame in enumerate(speech):
+        before = ep.frames_until_barge_in
+        events = ep.push(frame)
+        if i == 0:
+            predicted = before  # counted from the first speech frame
+        if any(isinstance(e, BargeInCandidate) for e in events):
+            emitted_at = i + 1
+            break
+    assert predicted is not None and emitted_at == predicted
+    assert ep.frames_until_barge_in is None  # sent once per turn
+
+
+def test_frames_until_barge_in_out_of_a_turn_needs_the_start_first() -> None:
+    from voice_gateway.sim.audio import silence
+
+    ep = Endpointer(EndpointerConfig(start_ms=120, start_window_ms=160, barge_in_ms=80))
+    ep.push(_frames_of(silence(20))[0])
+    assert ep.frames_until_barge_in == 6  # a turn needs 120 ms of speech before any barge-in
