@@ -163,12 +163,12 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(64 * 1024, gt=0)
     max_concurrent_calls: int = Field(1000, gt=0)
     outbound_frame_ms: int = Field(
-        100,
+        200,
         ge=20,
         le=1000,
         multiple_of=20,
         description="agent audio per media message (Twilio buffers it and plays it in real "
-        "time): 100 ms sends a fifth of the messages that 20 ms frames take",
+        "time): 200 ms sends a tenth of the messages that 20 ms frames take",
     )
     inbound_read_interval_ms: int = Field(
         100,

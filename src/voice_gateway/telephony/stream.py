@@ -45,6 +45,9 @@ from voice_gateway.telephony.twiml import dial
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0
+#: Playback clock marks: one per 200 ms of agent audio (each comes back as a message). What
+#: the caller heard when they barge in is estimated between marks from the time since the last.
+MARK_MS = 200
 METRICS_EVERY_FRAMES = 50  # flush frame counters to Prometheus once a second of audio
 
 
@@ -138,7 +141,8 @@ class MediaStream:
         self.lifecycle = app[appkeys.LIFECYCLE]
         self.metrics = app[appkeys.METRICS]
         self.registry = app[appkeys.CALLS]
-        self.playback = Playback(frame_ms=self.settings.outbound_frame_ms)
+        frame_ms = self.settings.outbound_frame_ms
+        self.playback = Playback(frame_ms=frame_ms, mark_ms=max(MARK_MS, frame_ms))
         self.bridge: CallBridge = SilentBridge()
         self.session: Session | None = None
         self.call_sid = ""

@@ -41,6 +41,17 @@ def test_longer_frames_send_fewer_messages() -> None:
         Playback(frame_ms=30)
 
 
+def test_the_gateway_default_one_message_and_one_mark_per_200_ms() -> None:
+    p = Playback(lead_ms=400, frame_ms=200, mark_ms=200)
+    p.enqueue(SECOND)
+    out = p.take(now=0.0)
+    assert [kind for kind, _ in out] == ["media", "mark", "media", "mark"]  # 400 ms ahead
+    assert [len(m) for m in media(out)] == [1600, 1600]
+    p.on_mark(marks(out)[0], now=0.2)  # 200 ms heard: 200 ms more may go
+    more = p.take(now=0.2)
+    assert [len(m) for m in media(more)] == [1600] and len(marks(more)) == 1
+
+
 def test_an_answer_label_fires_when_its_audio_has_played() -> None:
     p = Playback(lead_ms=10_000)
     p.enqueue(b"\x01" * 1600)  # 200 ms
