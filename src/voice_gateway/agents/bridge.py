@@ -174,12 +174,7 @@ class AgentBridge:
         earliest frame that could end the caller's turn, or, while an answer plays or is being
         made, barge in on it (80 ms of speech by default, so up to 60 ms while the caller is
         quiet; 0 once the caller is talking over the answer)."""
-        endpointer = self.endpointer
-        frames = endpointer.frames_until_turn_end
-        if self._speaking():
-            barge = endpointer.frames_until_barge_in
-            if barge is not None and (frames is None or barge < frames):
-                frames = barge
+        frames = self.endpointer.frames_until_decision(self._speaking())
         return math.inf if frames is None else float((frames - 1) * FRAME_MS)
 
     def on_dtmf(self, digit: str) -> None:
@@ -502,17 +497,10 @@ class AgentBridge:
         self._counters = dict.fromkeys(self._counters, 0)
         sid = self.session.id
         try:
-            if pending:
+            if pending or counters:
                 await with_retry(
-                    lambda: self.lifecycle.append_messages(sid, pending),
+                    lambda: self.lifecycle.append_messages(sid, pending, counters),
                     what="history write",
-                    budget_seconds=retry_budget,
-                )
-                pending = []
-            if counters:
-                await with_retry(
-                    lambda: self.lifecycle.count(sid, **counters),
-                    what="counter write",
                     budget_seconds=retry_budget,
                 )
         except StoreUnavailable as exc:

@@ -230,6 +230,7 @@ class Endpointer:
         self._max_frames = _frames(cfg.max_turn_ms)
         self._min_frames = _frames(cfg.min_turn_ms)
         self._barge_frames = _frames(cfg.barge_in_ms)
+        self._open_barge_frames = max(self._start_frames, self._barge_frames)
         # Frames before a turn: enough for the pre-roll ahead of any start frame in the window.
         self._history: deque[bytes] = deque(maxlen=self._pre_roll_frames + self._window_frames)
         self._recent_speech: deque[int] = deque()  # speech frame indices inside the start window
@@ -290,6 +291,25 @@ class Endpointer:
             return max(1, self._barge_frames - self._run_speech)
         needed = max(self._start_frames, self._barge_frames)
         return max(1, needed - len(self._recent_speech))
+
+    def frames_until_decision(self, barge_in: bool) -> int | None:
+        """``frames_until_turn_end``, or ``frames_until_barge_in`` if that is sooner and a
+        barge-in counts (``barge_in``: the agent is speaking): one call per frame on the media
+        path, so it reads the state directly."""
+        if self._in_turn:
+            to_end = self._end_frames - self._silence_run
+            to_max = self._max_frames - (self._frame + 1 - self._start)
+            if to_max < to_end:
+                to_end = to_max
+            if barge_in and not self._barge_sent:
+                to_barge = self._barge_frames - self._run_speech
+                if to_barge < to_end:
+                    to_end = to_barge
+            return to_end if to_end > 1 else 1
+        if not barge_in:
+            return None
+        needed = self._open_barge_frames - len(self._recent_speech)
+        return needed if needed > 1 else 1
 
     # -- feeding -----------------------------------------------------------------------------
 

@@ -134,8 +134,14 @@ class Lifecycle:
         await self.store.append_messages(session_id, [msg], self._clock())
         return msg
 
-    async def append_messages(self, session_id: str, messages: Sequence[Message]) -> int:
-        return await self.store.append_messages(session_id, messages, self._clock())
+    async def append_messages(
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        counters: Mapping[str, int] | None = None,
+    ) -> int:
+        """Append history and add to counters (``turns``, ``interruptions``, ...) in one step."""
+        return await self.store.append_messages(session_id, messages, self._clock(), counters)
 
     async def history(self, session_id: str, offset: int = 0, limit: int = 100) -> list[Message]:
         return await self.store.get_messages(session_id, offset, limit)

@@ -156,9 +156,18 @@ class MemorySessionStore(SessionStore):
         entry.session.updated_at = now
 
     async def append_messages(
-        self, session_id: str, messages: Sequence[Message], now: datetime
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        now: datetime,
+        counters: Mapping[str, int] | None = None,
     ) -> int:
+        bad = set(counters or {}) - COUNTER_FIELDS
+        if bad:
+            raise ValueError(f"not counters: {sorted(bad)}")
         entry = self._active(session_id)
+        for name, amount in (counters or {}).items():
+            setattr(entry.session, name, getattr(entry.session, name) + int(amount))
         entry.messages.extend(m.model_copy(deep=True) for m in messages)
         entry.session.message_count += len(messages)
         entry.session.updated_at = now

@@ -189,6 +189,17 @@ class _Lanes:
         self._free.clear()
 
 
+def _counter_args(counters: Mapping[str, int]) -> list[Any]:
+    """``name, amount, ...`` for the scripts; ValueError for a field that is not a counter."""
+    bad = set(counters) - COUNTER_FIELDS
+    if bad:
+        raise ValueError(f"not counters: {sorted(bad)}")
+    args: list[Any] = []
+    for name, amount in counters.items():
+        args += [name, int(amount)]
+    return args
+
+
 def _status_check(code: int, session_id: str) -> None:
     if code == -1:
         raise SessionNotFound(session_id)
@@ -407,12 +418,7 @@ class RedisSessionStore(SessionStore):
         return code == 1
 
     async def increment(self, session_id: str, counters: Mapping[str, int], now: datetime) -> None:
-        bad = set(counters) - COUNTER_FIELDS
-        if bad:
-            raise ValueError(f"not counters: {sorted(bad)}")
-        args: list[Any] = []
-        for k, v in counters.items():
-            args += [k, int(v)]
+        args = _counter_args(counters)
         async with _guard("increment"):
             await self._increment(keys=[self.keys.session(session_id)], args=args)
 
@@ -433,11 +439,21 @@ class RedisSessionStore(SessionStore):
         _status_check(int(code), session_id)
 
     async def append_messages(
-        self, session_id: str, messages: Sequence[Message], now: datetime
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        now: datetime,
+        counters: Mapping[str, int] | None = None,
     ) -> int:
-        if not messages:
+        counter_args = _counter_args(counters or {})
+        if not messages and not counter_args:
             return len(await self.get_messages(session_id, 0, 1_000_000))
-        args = [json.dumps(rfc3339(now)), *(m.model_dump_json() for m in messages)]
+        args = [
+            json.dumps(rfc3339(now)),
+            len(counter_args) // 2,
+            *counter_args,
+            *(m.model_dump_json() for m in messages),
+        ]
         keys = [self.keys.session(session_id), self.keys.messages(session_id)]
         async with _guard("append"):
             code = int(await self._append(keys=keys, args=args))

@@ -80,15 +80,25 @@ return 1
 """
 )
 
-# KEYS: session, msgs   ARGV: updated_at, message_json, ...
+# History and counters of one flush, in one step.
+# KEYS: session, msgs   ARGV: updated_at, k, counter_1, amount_1, ... counter_k, amount_k,
+#                             message_json, ...
 APPEND = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return -1 end
 if st ~= '"active"' then return 0 end
-local n = redis.call('RPUSH', KEYS[2], unpack(ARGV, 2))
-local ttl = redis.call('TTL', KEYS[1])
-if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
-redis.call('HINCRBY', KEYS[1], 'message_count', #ARGV - 1)
+local k = tonumber(ARGV[2])
+for i = 3, 2 + 2 * k, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local first = 3 + 2 * k
+local n
+if #ARGV >= first then
+  n = redis.call('RPUSH', KEYS[2], unpack(ARGV, first))
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+  redis.call('HINCRBY', KEYS[1], 'message_count', #ARGV - first + 1)
+else
+  n = redis.call('LLEN', KEYS[2])
+end
 redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
 return n
 """

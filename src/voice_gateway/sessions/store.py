@@ -95,9 +95,14 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def append_messages(
-        self, session_id: str, messages: Sequence[Message], now: datetime
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        now: datetime,
+        counters: Mapping[str, int] | None = None,
     ) -> int:
-        """Append history to an active session; returns the new history length."""
+        """Append history to an active session, and add ``counters`` to its counter fields
+        in the same step; returns the new history length."""
 
     @abstractmethod
     async def get_messages(

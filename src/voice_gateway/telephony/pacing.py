@@ -98,13 +98,18 @@ class InboundPacer:
         return self._lowat
 
     def after_frame(self, text_len: int, slack_ms: float) -> None:
-        """A media message of ``text_len`` bytes was handled; the next may wait ``slack_ms``."""
+        """A media message of ``text_len`` bytes was handled; the next may wait ``slack_ms``.
+        (Once per frame: ``frames_per_read`` and ``low_water_mark`` inlined.)"""
         if self._stopped:
             return
-        size = wire_bytes(text_len)
-        if size < self._frame_bytes or not self._frame_bytes:
-            self._frame_bytes = size
-        lowat = low_water_mark(frames_per_read(slack_ms, self.max_wait_ms), self._frame_bytes)
+        if slack_ms < FRAME_MS or slack_ms != slack_ms:  # the next frame counts (or NaN)
+            lowat = 1
+        else:
+            size = text_len + (_HEADER_BYTES if text_len > 125 else _HEADER_BYTES - 2)
+            if size < self._frame_bytes or not self._frame_bytes:
+                self._frame_bytes = size
+            wait = slack_ms if slack_ms < self.max_wait_ms else self.max_wait_ms
+            lowat = int(wait // FRAME_MS) * self._frame_bytes + 1
         if lowat != self._lowat:
             self._set(lowat)
 

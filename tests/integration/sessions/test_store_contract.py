@@ -107,6 +107,28 @@ async def test_counters_and_history(store: SessionStore) -> None:
     assert await lc.history(session.id, offset=10) == []
 
 
+async def test_history_and_counters_are_written_in_one_step(store: SessionStore) -> None:
+    """A turn's flush: its messages and its counters land together, or not at all."""
+    lc = Lifecycle(store)
+    session = call_session()
+    await lc.open(session)
+    turn = [lc.message("user", "hello", turn_id=1), lc.message("assistant", "hi", turn_id=1)]
+    assert await lc.append_messages(session.id, turn, {"turns": 1, "interruptions": 1}) == 2
+    assert await lc.append_messages(session.id, [], {"turns": 1}) == 2  # counters alone
+    got = await lc.get(session.id)
+    assert (got.turns, got.interruptions, got.message_count) == (2, 1, 2)
+    assert [m.content for m in await lc.history(session.id)] == ["hello", "hi"]
+
+    with pytest.raises(ValueError, match="not counters"):
+        await lc.append_messages(session.id, [lc.message("user", "lost")], {"summary": 1})
+    got = await lc.get(session.id)
+    assert (got.turns, got.message_count) == (2, 2)  # nothing of the refused flush
+
+    await lc.complete(session.id, EndReason.COMPLETED)
+    with pytest.raises(AlreadyCompleted):
+        await lc.append_messages(session.id, [lc.message("user", "late")], {"turns": 1})
+
+
 async def test_complete_is_exactly_once_under_a_race(store: SessionStore) -> None:
     lc = Lifecycle(store)
     completed: list[str] = []

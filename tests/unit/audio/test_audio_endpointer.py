@@ -470,3 +470,17 @@ def test_frames_until_barge_in_out_of_a_turn_needs_the_start_first() -> None:
     ep = Endpointer(EndpointerConfig(start_ms=120, start_window_ms=160, barge_in_ms=80))
     ep.push(_frames_of(silence(20))[0])
     assert ep.frames_until_barge_in == 6  # a turn needs 120 ms of speech before any barge-in
+
+
+def test_frames_until_decision_is_the_sooner_of_turn_end_and_barge_in() -> None:
+    audio, _ = load_caller()
+    ep = Endpointer(EndpointerConfig(barge_in_ms=80))
+    checked = 0
+    for frame in _frames_of(audio):
+        ep.push(frame)
+        end, barge = ep.frames_until_turn_end, ep.frames_until_barge_in
+        assert ep.frames_until_decision(False) == end
+        candidates = [f for f in (end, barge) if f is not None]
+        assert ep.frames_until_decision(True) == (min(candidates) if candidates else None)
+        checked += end is not None
+    assert checked > 100  # the caller's turns were walked through, not just silence

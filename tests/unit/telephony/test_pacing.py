@@ -4,12 +4,19 @@ makes the kernel wake the reader no later than the frame that could decide somet
 from __future__ import annotations
 
 import math
+import socket
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from voice_gateway.telephony import media as codec
-from voice_gateway.telephony.pacing import frames_per_read, low_water_mark, wire_bytes
+from voice_gateway.telephony.pacing import (
+    InboundPacer,
+    frames_per_read,
+    low_water_mark,
+    wire_bytes,
+)
 
 
 def test_frames_per_read_follows_the_slack_up_to_the_limit() -> None:
@@ -58,3 +65,26 @@ def test_the_kth_frame_always_reaches_the_mark_and_k_minus_1_never_do(
     # and k - 1 whole frames alone, nothing held, nothing else: not yet (the read is batched)
     if not any(growth):
         assert (frames - 1) * size < mark
+
+
+class _Transport:
+    """What ``for_transport`` asks of an asyncio transport: its socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> socket.socket | None:
+        return self.sock if name == "socket" else None
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_RCVLOWAT"), reason="no SO_RCVLOWAT here")
+def test_after_frame_sets_the_mark_the_pure_functions_give() -> None:
+    text_len = 330
+    with socket.socket() as sock:
+        pacer = InboundPacer.for_transport(_Transport(sock), 100)
+        assert pacer is not None
+        for slack in (0.0, 10.0, 20.0, 39.9, 40.0, 60.0, 99.0, 100.0, 580.0, math.inf, math.nan):
+            pacer.after_frame(text_len, slack)
+            expected = low_water_mark(frames_per_read(slack, 100), wire_bytes(text_len))
+            assert pacer.low_water_mark == expected, slack
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == expected
