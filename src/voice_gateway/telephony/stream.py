@@ -227,6 +227,8 @@ class MediaStream:
 
     async def hang_up(self, end_reason: EndReason = EndReason.HANGUP_BY_AGENT) -> None:
         twilio = self._twilio()
+        # Frames held in the socket by pacing are read (and counted) before the end is written.
+        self._unpace()
         self._ended_by = end_reason
         if self.session is not None:
             # The hang-up's status callback may reach the gateway (any instance) before Twilio's
@@ -253,11 +255,11 @@ class MediaStream:
             if self.session is not None:
                 await self._record_stream_end()  # before completing, or the counters are lost
                 await self._complete(end_reason)
-            self._unpace()  # the close handshake's reply is small: read it on arrival
             await self.ws.close(code=codec.CLOSE_NORMAL, message=b"hang-up")
 
     async def transfer(self, target: str) -> None:
         twilio = self._twilio()
+        self._unpace()
         await twilio.redirect(self.call_sid, dial(target))
         self._ended_by = EndReason.TRANSFERRED
         if self.session is not None:
@@ -534,6 +536,7 @@ class MediaStream:
         """Drain timeout: end this call cleanly. The stream end and the reason go into the
         session (history event, end reason ``error``), then the socket closes going-away."""
         self._ended_by = EndReason.ERROR
+        self._unpace()
         if self.session is not None:
             await self.bridge.stop("gateway shutting down")
             await self._record_stream_end()
@@ -542,5 +545,4 @@ class MediaStream:
                     self.session.id, "event", "call ended by gateway shutdown (drain timeout)"
                 )
             await self._complete(EndReason.ERROR)
-        self._unpace()
         await self.ws.close(code=codec.CLOSE_GOING_AWAY, message=b"gateway shutting down")
