@@ -20,6 +20,9 @@ Reported per N:
 - generator lateness (how far behind its 20 ms schedule the simulator sent); a run whose
   generator fell behind (p99 > 20 ms or max > 200 ms) is marked INVALID: its latencies
   describe the generator, not the gateway;
+- generator CPU: CPU-seconds (user + system) of the simulator worker processes, whole
+  lifetime, and ``gen_cpu_share``, that over the wave's wall time, as a share of one core
+  (the workers share core 1): the generator's headroom;
 - peak RSS of the gateway (VmHWM).
 """
 
@@ -29,6 +32,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -55,7 +59,9 @@ def _worker(
 ) -> None:
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
-    out.put(asyncio.run(_run_calls(base_url, token, account_sid, calls, ramp, seconds)))
+    results = asyncio.run(_run_calls(base_url, token, account_sid, calls, ramp, seconds))
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # this worker's whole life, imports too
+    out.put({"results": results, "cpu_s": usage.ru_utime + usage.ru_stime, "sys_s": usage.ru_stime})
 
 
 async def _run_calls(
@@ -131,8 +137,12 @@ def run_wave(
     for p in procs:
         p.start()
     results: list[dict[str, Any]] = []
+    gen_cpu_s = gen_sys_s = 0.0
     for _ in procs:
-        results += queue.get(timeout=600)
+        done = queue.get(timeout=600)
+        results += done["results"]
+        gen_cpu_s += done["cpu_s"]
+        gen_sys_s += done["sys_s"]
     for p in procs:
         p.join()
     wall = time.perf_counter() - started
@@ -157,6 +167,9 @@ def run_wave(
         "barge_in_p95_ms": pct([x for r in results for x in r["barge_ins"]], 95),
         "gen_late_p99_ms": late_p99,
         "gen_late_max_ms": late_max,
+        "gen_cpu_s": gen_cpu_s,
+        "gen_sys_share": gen_sys_s / gen_cpu_s if gen_cpu_s else float("nan"),
+        "gen_cpu_share": gen_cpu_s / wall,
         "peak_rss_mb": peak_rss_mb(gw.pid),
         "wall_s": wall,
         "valid": "yes" if valid else "INVALID",

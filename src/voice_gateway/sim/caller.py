@@ -31,7 +31,7 @@ import secrets
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -45,10 +45,10 @@ from voice_gateway.sim.audio import (
     FRAME_MS,
     SAMPLE_RATE,
     SpeechSegment,
-    frame_is_speech,
-    silence,
     speech_segments,
 )
+from voice_gateway.sim.frames import FramePlan, MediaRenderer, frame_plan
+from voice_gateway.sim.pacer import pacer_for, send_now
 from voice_gateway.telephony import media as codec
 from voice_gateway.telephony.signature import SIGNATURE_HEADER, SignatureValidator
 
@@ -406,25 +406,28 @@ class SimulatedCall:
         self._validator = SignatureValidator(config.auth_token)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self._seq = 0
-        self._send_lock = asyncio.Lock()
+        #: The rest of a send that had to wait for the socket (flow control), if any.
+        self._flushing: asyncio.Task[None] | None = None
         self._receiver: asyncio.Task[None] | None = None
-        self._playout: asyncio.Task[None] | None = None
+        self._renderer: MediaRenderer | None = None
+        #: The loop the stream runs on (its clock and timers), from ``open_stream``.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = 0.0  # loop time when ``start`` was sent
         self._answered_at: float | None = None
         self._ended_at: float | None = None
         self._end = asyncio.Event()  # the stream must end (gateway close, API update)
         self._closed_by_us = False
-        # Twilio's playout model.
+        # Twilio's playout model: the buffer plays until ``_play_end``; each pending mark is
+        # echoed at its due time by a timer armed for the first one.
         self._play_end = 0.0
         self._pending_marks: deque[tuple[float, str]] = deque()
-        self._marks_changed = asyncio.Event()
-        self._started_loop = 0.0
+        self._marks_timer: asyncio.TimerHandle | None = None
 
     # -- helpers ------------------------------------------------------------------------------
 
     @property
     def _loop_time(self) -> float:
-        return asyncio.get_running_loop().time()
+        return (self._loop or asyncio.get_running_loop()).time()
 
     def _ms(self, at: float | None = None) -> float:
         """Simulator clock: ms since ``start`` was sent."""
@@ -570,10 +573,10 @@ class SimulatedCall:
             self._error(f"websocket to {url} failed: {exc!r}")
             self.result.outcome = "failed"
             return False
+        self._loop = asyncio.get_running_loop()
         self._t0 = self._loop_time
         self._play_end = self._t0
         self._receiver = asyncio.create_task(self._receive(), name=f"sim-recv-{self.call_sid}")
-        self._playout = asyncio.create_task(self._play_marks(), name=f"sim-play-{self.call_sid}")
         await self.send_text(codec.twilio_connected())
         if send_start:
             await self.send_start(params)
@@ -594,6 +597,21 @@ class SimulatedCall:
             return False
         return True
 
+    def _send_text_now(self, text: str) -> bool:
+        """Write one text frame now, without awaiting (see :func:`send_now`); False if the
+        socket is closed. If the writer has to wait for the socket, the rest of the send runs
+        in ``_flushing``."""
+        ws = self.ws
+        if ws is None or ws.closed:
+            return False
+        try:
+            flushing = send_now(ws.send_str(text))
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            return False
+        if flushing is not None:
+            self._flushing = flushing
+        return True
+
     async def send_bytes(self, data: bytes) -> bool:
         """Send one binary frame (Twilio never does: for refusal tests)."""
         ws = self.ws
@@ -605,11 +623,16 @@ class SimulatedCall:
             return False
         return True
 
-    async def _send_numbered(self, build: Any) -> bool:
-        # The sequence number is taken and the frame written under one lock, so frames leave
-        # in sequence order whichever task sends them (media, mark echoes, dtmf).
-        async with self._send_lock:
-            return await self.send_text(build(self._next_seq()))
+    # Frames leave in sequence order whichever path sends them (paced media, mark echoes,
+    # dtmf, stop): the sequence number is taken and the frame written in one synchronous step.
+    # aiohttp writes an uncompressed frame to the transport before its first ``await`` (the
+    # simulator never offers permessage-deflate), so no lock is needed.
+
+    async def _send_numbered(self, build: Callable[[int], str]) -> bool:
+        return await self.send_text(build(self._next_seq()))
+
+    def _send_numbered_now(self, build: Callable[[int], str]) -> bool:
+        return self._send_text_now(build(self._next_seq()))
 
     async def send_start(self, custom_parameters: Mapping[str, str]) -> bool:
         self._t0 = self._loop_time
@@ -635,6 +658,12 @@ class SimulatedCall:
             self.result.dtmf_sent.append((self._ms(), digit))
         return ok
 
+    def _send_dtmf_now(self, digit: str) -> bool:
+        ok = self._send_numbered_now(lambda seq: codec.twilio_dtmf(self.stream_sid, seq, digit))
+        if ok:
+            self.result.dtmf_sent.append((self._ms(), digit))
+        return ok
+
     async def send_stop(self) -> bool:
         return await self._send_numbered(
             lambda seq: codec.twilio_stop(
@@ -642,57 +671,68 @@ class SimulatedCall:
             )
         )
 
-    def _frames(self) -> Iterator[bytes]:
+    def _frame_plan(self) -> FramePlan:
         cfg = self.config
-        audio = cfg.audio
-        if cfg.loop_seconds is not None:
-            total = round(cfg.loop_seconds * 1000 / FRAME_MS)
-            if audio:
-                looped = audio * (total * FRAME_BYTES // len(audio) + 1)
-                audio = looped[: total * FRAME_BYTES]
-            else:
-                audio = silence(total * FRAME_MS)
-        for i in range(0, len(audio), FRAME_BYTES):
-            frame = audio[i : i + FRAME_BYTES]
-            if len(frame) < FRAME_BYTES:
-                frame += silence(FRAME_MS)[: FRAME_BYTES - len(frame)]
-            yield frame
-        quiet = silence(FRAME_MS)
-        for _ in range(cfg.trailing_silence_ms // FRAME_MS):
-            yield quiet
+        return frame_plan(cfg.audio, cfg.loop_seconds, cfg.trailing_silence_ms)
+
+    def _frames(self) -> Iterator[bytes]:
+        """The frames the call streams: the audio looped or cut to ``loop_seconds``, the last
+        frame padded with silence, then ``trailing_silence_ms`` of silence."""
+        return iter(self._frame_plan().frames)
+
+    def _media_renderer(self) -> MediaRenderer:
+        renderer = self._renderer
+        if renderer is None or renderer.stream_sid != self.stream_sid:
+            renderer = self._renderer = MediaRenderer(self.stream_sid)
+        return renderer
 
     async def stream_audio(self) -> None:
-        """Send the configured audio (and DTMF) at 20 ms pace until done or the stream ends."""
-        loop = asyncio.get_running_loop()
+        """Send the configured audio (and DTMF) at 20 ms pace until done or the stream ends.
+
+        Frame n is due at ``t0 + n * 20 ms`` (``t0``: when ``start`` was sent). In real time
+        the frames are sent by the loop's shared :class:`~voice_gateway.sim.pacer.FramePacer`;
+        each send's lateness against its due time is recorded."""
+        plan = self._frame_plan()
         dtmf = sorted(self.config.dtmf)
-        flags: dict[bytes, bool] = {}
-        realtime = self.config.realtime
+        if not self.config.realtime:
+            await self._stream_fast(plan, dtmf)
+            return
+        if not len(plan):
+            for _, digit in dtmf:
+                await self.send_dtmf(digit)
+            return
+        stream = _PacedStream(self, plan, dtmf, asyncio.get_running_loop())
+        stream.start()
+        try:
+            await stream.done
+        except asyncio.CancelledError:
+            stream.stopped = True
+            raise
+
+    async def _stream_fast(self, plan: FramePlan, dtmf: list[tuple[int, str]]) -> None:
+        """``realtime=False``: every frame at once, letting the loop run every 50 frames."""
+        renderer = self._media_renderer()
+        frames, payloads, speech = plan.frames, plan.payloads, plan.speech
+        res = self.result
         t0 = self._t0
-        for n, frame in enumerate(self._frames()):
-            due = t0 + n * _FRAME_S
-            if realtime:
-                delay = due - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+        clock = asyncio.get_running_loop().time
+        for n in range(len(frames)):
             if self._end.is_set():
                 return
             while dtmf and dtmf[0][0] <= n * FRAME_MS:
                 _, digit = dtmf.pop(0)
                 await self.send_dtmf(digit)
-            sent_at = loop.time()
-            if not await self.send_media(frame, chunk=n + 1, timestamp_ms=n * FRAME_MS):
+            sent_at = clock()
+            text = renderer.render(self._next_seq(), n + 1, n * FRAME_MS, frames[n], payloads[n])
+            if not await self.send_text(text):
                 if not self._end.is_set():
                     self._error("media send failed: socket closed")
                 return
-            speech = flags.get(frame)
-            if speech is None:
-                speech = flags[frame] = frame_is_speech(frame)
-            res = self.result
             res.frames_sent += 1
             res.send_times_ms.append((sent_at - t0) * 1000)
-            res.lateness_ms.append(max(0.0, (sent_at - due) * 1000) if realtime else 0.0)
-            res.speech_flags.append(speech)
-            if not realtime and n % 50 == 49:
+            res.lateness_ms.append(0.0)
+            res.speech_flags.append(speech[n])
+            if n % 50 == 49:
                 await asyncio.sleep(0)
         for _, digit in dtmf:
             await self.send_dtmf(digit)
@@ -703,15 +743,16 @@ class SimulatedCall:
         ws = self.ws
         assert ws is not None
         res = self.result
+        clock = asyncio.get_running_loop().time
+        text_type = aiohttp.WSMsgType.TEXT
         while True:
             try:
                 msg = await ws.receive()
             except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
                 self._error(f"websocket receive failed: {exc!r}")
                 break
-            now = self._loop_time
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                self._on_text(msg.data, now)
+            if msg.type is text_type:
+                self._on_text(msg.data, clock())
                 continue
             if msg.type is aiohttp.WSMsgType.BINARY:
                 self._error("the gateway sent a binary frame (Twilio error 31950)")
@@ -732,7 +773,7 @@ class SimulatedCall:
 
     def _on_text(self, text: str, now: float) -> None:
         res = self.result
-        t_ms = self._ms(now)
+        t_ms = (now - self._t0) * 1000
         try:
             event = codec.parse_outbound(text)
         except (ProtocolError, PayloadTooLarge) as exc:
@@ -756,15 +797,18 @@ class SimulatedCall:
         elif isinstance(event, codec.OutboundMark):
             res.marks_received.append((t_ms, event.name))
             res.events.append(OutboundRecord(t_ms, "mark", name=event.name))
+            # Echoed once the audio queued before it has played.
             self._pending_marks.append((max(now, self._play_end), event.name))
-            self._marks_changed.set()
+            if len(self._pending_marks) == 1:
+                self._arm_marks()
         else:
             res.clears_ms.append(t_ms)
             res.events.append(OutboundRecord(t_ms, "clear"))
             self._stop_playout(now)
             # Twilio returns every pending mark at once after a clear.
-            self._pending_marks = deque((now, name) for _, name in self._pending_marks)
-            self._marks_changed.set()
+            if self._pending_marks:
+                self._pending_marks = deque((now, name) for _, name in self._pending_marks)
+                self._arm_marks()
 
     def _stop_playout(self, now: float) -> None:
         res = self.result
@@ -773,26 +817,25 @@ class SimulatedCall:
             res.playout_ms[-1] = (start, self._ms(now))
         self._play_end = min(self._play_end, now)
 
-    async def _play_marks(self) -> None:
-        """Echo each mark once the audio queued before it has played."""
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending_marks:
-                self._marks_changed.clear()
-                await self._marks_changed.wait()
-                continue
-            due, name = self._pending_marks[0]
-            delay = due - loop.time()
-            if delay > 0:
-                self._marks_changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._marks_changed.wait(), delay)
-                continue
-            self._pending_marks.popleft()
-            if await self._send_numbered(
-                lambda seq, n=name: codec.twilio_mark(self.stream_sid, seq, n)
-            ):
+    def _arm_marks(self) -> None:
+        """(Re)arm the mark timer for the first pending mark."""
+        if self._marks_timer is not None:
+            self._marks_timer.cancel()
+        due = self._pending_marks[0][0]
+        loop = self._loop or asyncio.get_running_loop()
+        self._marks_timer = loop.call_at(due, self._echo_marks)
+
+    def _echo_marks(self) -> None:
+        """Echo every mark whose audio has played (the timer armed for the first one)."""
+        self._marks_timer = None
+        marks = self._pending_marks
+        now = self._loop_time
+        while marks and marks[0][0] <= now:
+            _, name = marks.popleft()
+            if self._send_text_now(codec.twilio_mark(self.stream_sid, self._next_seq(), name)):
                 self.result.marks_echoed.append((self._ms(), name))
+        if marks:
+            self._arm_marks()
 
     # -- 7-8: ending ----------------------------------------------------------------------------
 
@@ -829,10 +872,11 @@ class SimulatedCall:
             self._receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._receiver
-        if self._playout is not None:
-            self._playout.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._playout
+        if self._marks_timer is not None:
+            self._marks_timer.cancel()
+            self._marks_timer = None
+        if self._flushing is not None:
+            self._flushing.cancel()
 
     def api_update(self, fields: Mapping[str, str]) -> None:
         """What the fake REST API calls for ``POST .../Calls/{sid}.json`` on this call: a
@@ -964,6 +1008,89 @@ class SimulatedCall:
                 self._error(f"gateway closed the stream with {code} {res.close_reason or ''}")
         else:
             res.outcome = "completed"
+
+
+class _PacedStream:
+    """One call's real-time media stream, stepped by the loop's shared pacer: each step sends
+    the frame that is due (after any DTMF due before it) and returns the next one's due time."""
+
+    __slots__ = ("call", "done", "dtmf", "loop", "n", "plan", "renderer", "stopped", "t0")
+
+    def __init__(
+        self,
+        call: SimulatedCall,
+        plan: FramePlan,
+        dtmf: list[tuple[int, str]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.call = call
+        self.plan = plan
+        self.dtmf = dtmf
+        self.loop = loop
+        self.renderer = call._media_renderer()
+        self.t0 = call._t0
+        self.n = 0  # the next frame to send
+        #: Set when the stream is over (all sent, the stream ended, or a send failed).
+        self.done: asyncio.Future[None] = loop.create_future()
+        #: Set when whoever awaited ``done`` stopped waiting (cancelled).
+        self.stopped = False
+
+    def start(self) -> None:
+        pacer_for(self.loop).add(self.t0, self.step)
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def step(self) -> float | None:
+        if self.stopped or self.done.done():
+            return None
+        try:
+            return self._send_due()
+        except Exception as exc:  # raised where the stream is awaited
+            if not self.done.done():
+                self.done.set_exception(exc)
+            return None
+
+    def _send_due(self) -> float | None:
+        call = self.call
+        if call._end.is_set():
+            self._finish()
+            return None
+        n = self.n
+        ms = n * FRAME_MS
+        dtmf = self.dtmf
+        while dtmf and dtmf[0][0] <= ms:
+            _, digit = dtmf.pop(0)
+            call._send_dtmf_now(digit)
+        plan = self.plan
+        sent_at = self.loop.time()
+        text = self.renderer.render(call._next_seq(), n + 1, ms, plan.frames[n], plan.payloads[n])
+        if not call._send_text_now(text):
+            if not call._end.is_set():
+                call._error("media send failed: socket closed")
+            self._finish()
+            return None
+        t0 = self.t0
+        res = call.result
+        res.frames_sent += 1
+        res.send_times_ms.append((sent_at - t0) * 1000)
+        res.lateness_ms.append(max(0.0, (sent_at - (t0 + n * _FRAME_S)) * 1000))
+        res.speech_flags.append(plan.speech[n])
+        n = self.n = n + 1
+        if n == len(plan.frames):
+            for _, digit in dtmf:
+                call._send_dtmf_now(digit)
+            self._finish()
+            return None
+        due = t0 + n * _FRAME_S
+        flushing = call._flushing
+        if flushing is not None and not flushing.done():
+            # The socket is full: the next frame waits for this send to finish, as an awaited
+            # send would (its lateness then shows it).
+            flushing.add_done_callback(lambda _: pacer_for(self.loop).add(due, self.step))
+            return None
+        return due
 
 
 #: Close codes by which the gateway refuses a stream (see ``telephony/media.py``).
