@@ -171,7 +171,7 @@ class Settings(BaseSettings):
         "time): 200 ms sends a tenth of the messages that 20 ms frames take",
     )
     inbound_read_interval_ms: int = Field(
-        100,
+        200,
         ge=0,
         le=200,
         description="longest a caller's frame may wait in the socket so that one read takes "
