@@ -18,6 +18,9 @@ mark is ``(k - 1) * size + 1`` bytes with ``size`` the smallest media message se
 ``k``-th frame completes the mark whatever part of a frame aiohttp already holds (less than
 ``size``), and any other message (a mark echo, a key press) only adds bytes, so the kernel
 wakes earlier, never later. Every byte is still read, in order; pacing only changes when.
+The slack is taken after every frame; the one thing that shrinks it between frames, the agent
+starting to speak without a turn end (an answer to a key press), lowers the mark at once
+(``tighten``, from the stream's ``play``).
 
 A media stream whose frames stop (no more data behind a message held under the mark) must not
 sit on it: ``watchdog`` (called every ``WATCHDOG_SECONDS`` for every live stream) drops the mark
@@ -111,6 +114,21 @@ class InboundPacer:
             wait = slack_ms if slack_ms < self.max_wait_ms else self.max_wait_ms
             lowat = int(wait // FRAME_MS) * self._frame_bytes + 1
         if lowat != self._lowat:
+            self._set(lowat)
+
+    def tighten(self, slack_ms: float) -> None:
+        """The slack shrank between frames (the agent began to speak, e.g. answering a key
+        press): lower a mark set for the old slack now, so that the frame that could barge in
+        wakes the reader as it arrives. Never raises the mark: frames already held under it
+        stay counted from the last read."""
+        if self._stopped or self._lowat == 1:
+            return
+        if slack_ms < FRAME_MS or slack_ms != slack_ms:
+            lowat = 1
+        else:
+            wait = slack_ms if slack_ms < self.max_wait_ms else self.max_wait_ms
+            lowat = int(wait // FRAME_MS) * self._frame_bytes + 1
+        if lowat < self._lowat:
             self._set(lowat)
 
     def stop(self) -> None:

@@ -165,7 +165,10 @@ class MediaStream:
     # -- CallControl ------------------------------------------------------------------------
 
     def play(self, ulaw: bytes, *, label: str | None = None) -> None:
+        starts = not self.playback.queued_ms
         self.playback.enqueue(ulaw)
+        if starts and self.pacer is not None:  # from now on, a frame could barge in
+            self.pacer.tighten(self.audio_slack_ms())
         if label is not None:
             self.playback.end_of_answer(label)
         self._wake.set()

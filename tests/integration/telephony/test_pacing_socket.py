@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -89,6 +90,23 @@ async def test_no_slack_reads_every_frame_on_arrival() -> None:
         await send(writer, 1)
         await asyncio.wait_for(reads.arrived.wait(), 5)
         assert b"".join(reads.chunks) == FRAME
+
+
+async def test_tighten_lowers_a_held_mark_when_the_agent_starts_speaking() -> None:
+    async with connected() as (reads, writer):
+        pacer = pacer_for(reads)
+        frame_len = len(FRAME) - 8
+        pacer.after_frame(frame_len, slack_ms=math.inf)  # quiet line: a frame may wait 200 ms
+        await send(writer, 3)
+        await asyncio.sleep(QUIET)
+        assert reads.chunks == [], "held: the 11th frame would wake the reader"
+        pacer.tighten(slack_ms=200.0)  # never raises (or keeps) a mark
+        assert pacer.low_water_mark == 10 * len(FRAME) + 1
+        pacer.tighten(slack_ms=60.0)  # an answer starts: the 4th frame from here could barge in
+        await send(writer, 1)
+        await asyncio.wait_for(reads.arrived.wait(), 5)
+        assert b"".join(reads.chunks) == FRAME * 4, "woken by the 4th frame, not the 11th"
+        assert len(reads.chunks) == 1
 
 
 async def test_stop_and_the_watchdog_release_a_held_message() -> None:
