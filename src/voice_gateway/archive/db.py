@@ -86,7 +86,6 @@ UPDATABLE_FIELDS = frozenset(
 )
 
 
-
 class ArchiveRejected(GatewayError):
     """The database refused the data itself; retrying the same record will not help."""
 
