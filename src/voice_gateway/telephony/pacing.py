@@ -123,11 +123,8 @@ class InboundPacer:
         stay counted from the last read."""
         if self._stopped or self._lowat == 1:
             return
-        if slack_ms < FRAME_MS or slack_ms != slack_ms:
-            lowat = 1
-        else:
-            wait = slack_ms if slack_ms < self.max_wait_ms else self.max_wait_ms
-            lowat = int(wait // FRAME_MS) * self._frame_bytes + 1
+        # Not on the per-frame path: the module's own arithmetic, not after_frame's inlined copy.
+        lowat = low_water_mark(frames_per_read(slack_ms, self.max_wait_ms), self._frame_bytes)
         if lowat < self._lowat:
             self._set(lowat)
 
