@@ -509,7 +509,6 @@ class MediaStream:
                 self.session.id, self.settings.status_grace_seconds, self.call_sid
             )
         if not self.ws.closed:
-            self._unpace()
             await self.ws.close(code=codec.CLOSE_NORMAL)
 
     async def _record_stream_end(self) -> None:
